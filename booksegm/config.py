@@ -1,0 +1,33 @@
+"""Config plumbing: Hydra/OmegaConf sections -> validated dataclasses.
+
+Merging into the dataclass schema rejects unknown keys (a typo) and wrong types with
+OmegaConf's one-line message before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any training starts, in one line."""
+
+
+def to_dataclass(schema: type[T], section: DictConfig | dict | None, name: str = "") -> T:
+    try:
+        # resolve first: interpolations point outside the section (${paths.cache_dir})
+        merged = OmegaConf.merge(OmegaConf.structured(schema), as_plain(section) or {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        where = f"{name}: " if name else ""
+        raise ConfigError(f"{where}{str(err).splitlines()[0]}") from None
+
+
+def as_plain(section: Any) -> Any:
+    """A DictConfig/ListConfig as plain Python containers (for hyperparameters and YAML)."""
+    return OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section

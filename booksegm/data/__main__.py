@@ -1,0 +1,125 @@
+"""Data tools: ``python -m booksegm.data SUBCOMMAND ...``.
+
+    python -m booksegm.data synth OUT_DIR --num-images 300 --seed 0 [--width 320 --height 240]
+    python -m booksegm.data check ANNOTATIONS [--images DIR] [--json]   # exit 0 usable, 1 not, 2 bad file
+    python -m booksegm.data convert SRC DST --to via|coco [--from via|coco|yolo]
+
+Each subcommand is one small function taking the parsed arguments; ``main`` wires them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def synth(args: argparse.Namespace) -> int:
+    from booksegm.data.synthetic import generate_dataset
+
+    start = time.perf_counter()
+    json_path = generate_dataset(args.out_dir, args.num_images, seed=args.seed, width=args.width, height=args.height)
+    seconds = time.perf_counter() - start
+    print(json_path)
+    print(f"{args.num_images} images in {seconds:.1f} s ({args.num_images / max(seconds, 1e-9):.1f} images/s)")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from booksegm.data.check import exit_status, format_report, summarize
+    from booksegm.data.formats import load_annotations
+    from booksegm.data.records import AnnotationError
+
+    try:
+        annotations = load_annotations(args.annotations, args.format, args.images, **reader_options(args))
+    except AnnotationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = summarize(annotations, progress=sys.stderr.isatty())
+    print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else format_report(report))
+    return exit_status(report)
+
+
+def convert(args: argparse.Namespace) -> int:
+    from booksegm.data.formats import load_annotations, save_annotations
+    from booksegm.data.records import AnnotationError
+
+    try:
+        annotations = load_annotations(args.src, args.from_format, args.images, **reader_options(args))
+        save_annotations(annotations, args.dst, args.to)
+    except AnnotationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.dst}: {len(annotations.records)} images, {annotations.num_instances} instances ({args.to})")
+    for reason, n in annotations.skipped.most_common():
+        print(f"  skipped {n}: {reason}")
+    return 0
+
+
+def reader_options(args: argparse.Namespace) -> dict:
+    from booksegm.data.records import ClassMap
+
+    return {
+        "class_map": ClassMap(args.classes.split(","), dict(args.alias)),
+        "class_attribute": args.class_attribute,
+        "polyline_as_outline": args.polyline_as_outline,
+        "on_unknown_class": args.on_unknown_class,
+    }
+
+
+def alias(text: str) -> tuple[str, str]:
+    name, equals, target = text.partition("=")
+    if not (name and equals and target):
+        raise argparse.ArgumentTypeError(f"expected NAME=CLASS, got {text!r}")
+    return name, target
+
+
+def add_reader_arguments(p: argparse.ArgumentParser, on_unknown_class: str) -> None:
+    """The data.* settings that decide how annotations are read, as options."""
+    p.add_argument("--images", help="image folder (default: the annotation file's folder; YOLO: images/)")
+    p.add_argument("--classes", default="book", help="data.classes, comma-separated (default: book)")
+    p.add_argument("--alias", action="append", default=[], type=alias, metavar="NAME=CLASS",
+                   help="data.class_aliases entry, repeatable: --alias book-s-spine=book")
+    p.add_argument("--class-attribute", help="VIA region attribute holding the class (default: auto-detect)")
+    p.add_argument("--polyline-as-outline", action="store_true", help="VIA: use open polylines as outlines")
+    p.add_argument("--on-unknown-class", choices=("error", "skip"), default=on_unknown_class,
+                   help=f"class names not in --classes (default: {on_unknown_class})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m booksegm.data", description="booksegm data tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("synth", help="render the synthetic book set (JPEG images + VIA 2 JSON)")
+    p.add_argument("out_dir", help="writes OUT_DIR/images/*.jpg and OUT_DIR/via_region_data.json")
+    p.add_argument("--num-images", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.set_defaults(run=synth)
+
+    p = commands.add_parser("check", help="report what an annotation file holds and what is missing or skipped")
+    p.add_argument("annotations", help="a VIA or COCO JSON file, or a YOLO-seg folder with images/ and labels/")
+    p.add_argument("--format", choices=("auto", "via", "coco", "yolo"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_reader_arguments(p, on_unknown_class="skip")
+    p.set_defaults(run=check)
+
+    p = commands.add_parser("convert", help="convert annotations to VIA 2 or COCO (polygons kept exactly)")
+    p.add_argument("src", help="a VIA or COCO JSON file, or a YOLO-seg folder")
+    p.add_argument("dst", help="the JSON file to write")
+    p.add_argument("--to", choices=("via", "coco"), required=True)
+    p.add_argument("--from", dest="from_format", choices=("auto", "via", "coco", "yolo"), default="auto")
+    add_reader_arguments(p, on_unknown_class="error")
+    p.set_defaults(run=convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""LightningDataModule: annotation files + image folder -> train/val DataLoaders."""
+
+from __future__ import annotations
+
+from booksegm.config import ConfigError
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from booksegm.data.dataset import BookDataset, collate_detection
+from booksegm.data.check import format_report, summarize
+from booksegm.data.formats import load_annotations
+from booksegm.data.formats.common import UNKNOWN_CLASS_POLICIES
+from booksegm.data.images import ImageReadError, image_size
+from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, cap_instances
+from booksegm.data.resize import ResizeConfig
+from booksegm.data.transforms import AugmentConfig, build_augmentation
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("synthetic", "via", "coco", "yolo")
+
+
+@dataclass
+class SyntheticConfig:
+    num_images: int = 300  # scenes rendered once into data.root and reused
+    width: int = 320  # rendered image width, pixels
+    height: int = 240  # rendered image height, pixels
+    seed: int = 0  # the same seed renders the same images
+
+
+@dataclass
+class DataConfig:
+    format: str = "synthetic"  # synthetic | via | coco | yolo
+    root: str = "data"  # dataset folder: annotation files and images are found relative to it
+    annotations: str | None = None  # annotation file (via/coco) or split folder (yolo) under root; null = auto
+    val_annotations: str | None = None  # separate validation set; null = split off val_fraction
+    images: str | None = None  # image folder under root; null = the annotation file's folder
+    classes: list[str] = field(default_factory=lambda: ["book"])  # class names, id 1 first (NUM_CLASSES - 1)
+    class_aliases: dict[str, str] = field(default_factory=dict)  # other spellings -> a class, e.g. book-s-spine: book
+    class_attribute: str | None = None  # region_attributes key holding the class; null = auto-detect
+    on_unknown_class: str = "error"  # a class name not in classes/aliases: error | skip (counted, logged)
+    polyline_as_outline: bool = False  # use open VIA polylines as closed outlines (else skipped, counted)
+    val_fraction: float = 0.2  # share of images held out when there is no val_annotations
+    split_seed: int = 0  # seeds the train/val split and the k-fold assignment
+    folds: int = 0  # k-fold cross-validation: K > 1 holds out fold `fold` of K as validation
+    fold: int = 0  # which fold is validation, 0..K-1
+    max_gt_instances: int = 100  # MAX_GT_INSTANCES: instances kept per image (the rest dropped, logged)
+    min_instance_area: int = 4  # instances with fewer mask pixels after augmentation are dropped
+    resize: ResizeConfig = field(default_factory=ResizeConfig)  # IMAGE_RESIZE_MODE and dims for training
+    val_resize: ResizeConfig | None = None  # resizing for validation; null = as `resize`
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the seed's flips and rotation
+    batch_size: int = 2  # IMAGES_PER_GPU
+    val_batch_size: int = 2  # images per validation batch
+    num_workers: int = 2  # DataLoader worker processes
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when format=synthetic
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"data.format={self.format!r} is unknown; choose one of {list(FORMATS)}")
+        if self.on_unknown_class not in UNKNOWN_CLASS_POLICIES:
+            raise ConfigError(f"data.on_unknown_class must be one of {list(UNKNOWN_CLASS_POLICIES)}, got {self.on_unknown_class!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"data.folds must be 0 (off) or >= 2, got {self.folds}")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"data.fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.max_gt_instances < 1 or self.batch_size < 1 or self.val_batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("data.max_gt_instances, batch_size and val_batch_size must be >= 1, num_workers >= 0")
+        self.resize.validate(training=True)
+        self.effective_val_resize.validate(training=False)
+        self.augment.validate()
+
+    @property
+    def effective_val_resize(self) -> ResizeConfig:
+        return self.val_resize if self.val_resize is not None else self.resize
+
+
+class BookDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.class_map = ClassMap(cfg.classes, cfg.class_aliases)
+        self.train_records: list[ImageRecord] = []
+        self.val_records: list[ImageRecord] = []
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.class_map.classes
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cfg.root).expanduser()
+
+    def prepare_data(self) -> None:
+        if self.cfg.format == "synthetic":
+            from booksegm.data.synthetic import generate_dataset
+
+            if not (self.root / "via_region_data.json").exists():
+                s = self.cfg.synthetic
+                log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, self.root)
+                generate_dataset(self.root, s.num_images, seed=s.seed, width=s.width, height=s.height)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_records or self.val_records:
+            return
+        records = self._load(self.cfg.annotations)
+        if self.cfg.val_annotations:
+            self.train_records, self.val_records = records, self._load(self.cfg.val_annotations)
+        else:
+            self.train_records, self.val_records = split_records(records, self.cfg)
+        if not self.train_records:
+            raise AnnotationError(f"no usable training images in {self.root}: see the skips logged above")
+        log.info("data: %d training, %d validation images", len(self.train_records), len(self.val_records))
+
+    def _load(self, relative: str | None) -> list[ImageRecord]:
+        fmt = "via" if self.cfg.format == "synthetic" else self.cfg.format
+        path = self.root / relative if relative else default_annotations(self.root, fmt)
+        image_root = self.root / self.cfg.images if self.cfg.images else None
+        annotations = load_annotations(
+            path, format=fmt, image_root=image_root, class_map=self.class_map, class_attribute=self.cfg.class_attribute,
+            polyline_as_outline=self.cfg.polyline_as_outline, on_unknown_class=self.cfg.on_unknown_class,
+        )
+        # the same summary as `python -m booksegm.data check`, headers only
+        log.info("annotations:\n%s", format_report(summarize(annotations, decode=False)))
+        return [cap_instances(r, self.cfg.max_gt_instances) for r in readable_records(annotations)]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = BookDataset(
+            self.train_records, self.cfg.resize, build_augmentation(self.cfg.augment), self.cfg.min_instance_area
+        )
+        return self._loader(dataset, self.cfg.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = BookDataset(self.val_records, self.cfg.effective_val_resize, None, self.cfg.min_instance_area)
+        return self._loader(dataset, self.cfg.val_batch_size, shuffle=False)
+
+    def _loader(self, dataset: BookDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.cfg.num_workers,
+            collate_fn=collate_detection,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+
+def default_annotations(root: Path, fmt: str) -> Path:
+    """The annotation file when data.annotations is unset: the one JSON in root (via/coco) or root (yolo)."""
+    if fmt == "yolo":
+        return root
+    candidates = sorted(root.glob("*.json"))
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise ConfigError(f"set data.annotations: expected exactly one .json file in {root}, found {found}")
+    return candidates[0]
+
+
+def readable_records(annotations: AnnotationSet) -> list[ImageRecord]:
+    """Drop images whose file is missing or unreadable, logging each (never silently)."""
+    usable = []
+    for record in annotations.records:
+        try:
+            image_size(record.path)
+        except ImageReadError as err:
+            log.warning("skipping image: %s", err)
+            continue
+        usable.append(record)
+    if len(usable) < len(annotations.records):
+        log.warning(
+            "%s: %d of %d images skipped (missing or unreadable files)",
+            annotations.source, len(annotations.records) - len(usable), len(annotations.records),
+        )
+    return usable
+
+
+def split_records(records: list[ImageRecord], cfg: DataConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Seeded split: fold ``cfg.fold`` of ``cfg.folds`` as validation, else ``val_fraction`` of the images."""
+    order = np.random.default_rng(cfg.split_seed).permutation(len(records))
+    if cfg.folds:
+        val_ids = set(np.array_split(order, cfg.folds)[cfg.fold].tolist())
+    else:
+        val_ids = set(order[: round(len(records) * cfg.val_fraction)].tolist())
+    train = [r for i, r in enumerate(records) if i not in val_ids]
+    val = [r for i, r in enumerate(records) if i in val_ids]
+    return train, val

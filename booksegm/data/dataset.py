@@ -1,0 +1,92 @@
+"""ImageRecords -> (image, target) pairs in the form torchvision's detection models take."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from booksegm.data.images import load_rgb
+from booksegm.data.records import ImageRecord
+from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
+from booksegm.data.transforms import augment_image_and_polygons, rasterize
+
+
+class BookDataset(Dataset):
+    """Loads, resizes and (for training) augments each image, then rasterises its instances.
+
+    Masks are drawn only at the output size, after every geometric transform, so a large photo
+    never holds full-resolution masks. Instances left with fewer than ``min_area`` pixels
+    (rotated or cropped out of frame) are dropped.
+    """
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        resize: ResizeConfig,
+        augment: A.Compose | None = None,
+        min_area: int = 1,
+    ):
+        self.records = records
+        self.resize = resize
+        self.augment = augment
+        self.min_area = min_area
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        record = self.records[index]
+        image = load_rgb(record.path)
+        # one seed per sample from torch's RNG, which Lightning seeds per worker: reproducible
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        polygons = [p for inst in record.instances for p in inst.polygons]
+        owners = [i for i, inst in enumerate(record.instances) for _ in inst.polygons]
+        image, polygons, _ = resize_image_and_polygons(image, polygons, self.resize, np.random.default_rng(seed))
+        if self.augment is not None:
+            image, polygons = augment_image_and_polygons(self.augment, image, polygons, seed)
+
+        height, width = image.shape[:2]
+        masks, labels = [], []
+        for i, inst in enumerate(record.instances):
+            mask = rasterize([p for p, o in zip(polygons, owners) if o == i], height, width)
+            if int(mask.sum()) >= self.min_area:
+                masks.append(mask)
+                labels.append(inst.label)
+        return to_tensor(image), make_target(masks, labels, index, height, width)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def make_target(masks: list[np.ndarray], labels: list[int], image_id: int, height: int, width: int) -> dict:
+    mask_tensor = (
+        torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, height, width), dtype=torch.uint8)
+    )
+    return {
+        "boxes": masks_to_boxes(mask_tensor),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "masks": mask_tensor,
+        "image_id": image_id,
+        "area": mask_tensor.flatten(1).sum(1).float(),
+        "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
+    }
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight xyxy boxes in edge coordinates (a one-pixel mask at column 3 spans x 3..4)."""
+    if masks.shape[0] == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
+    for i, mask in enumerate(masks):
+        ys, xs = torch.where(mask > 0)
+        boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    return boxes
+
+
+def collate_detection(batch):
+    """Lists of images and targets: detection images differ in size and instance counts."""
+    return tuple(zip(*batch))

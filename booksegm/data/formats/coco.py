@@ -1,0 +1,223 @@
+"""COCO instances JSON <-> AnnotationSet: polygons, RLE masks (read as outlines) and boxes."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+import shapely
+from shapely.geometry import LineString, Point, Polygon
+
+from booksegm.data.formats.common import (
+    ImageLocator,
+    add_region,
+    check_policy,
+    class_label,
+    file_name_from,
+    header_size,
+    json_number,
+    read_json,
+)
+from booksegm.data.formats.geometry import polygonal_parts, rect_polygon
+from booksegm.data.records import BOOK, AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
+
+MAX_MASK_PIXELS = 1 << 28  # beyond PIL's decompression-bomb limit: a corrupt size, not a photo
+
+
+def read_coco(
+    path: str | Path,
+    image_root: str | Path | None = None,
+    class_map: ClassMap = BOOK,
+    on_unknown_class: str = "error",
+) -> AnnotationSet:
+    """Read a COCO instances file; images are looked up under ``image_root`` (default: its folder).
+
+    Crowd annotations (``iscrowd: 1``) mark regions to ignore, not instances: they are skipped
+    with a count. RLE masks become their outer outlines; annotations with no segmentation use
+    their ``bbox`` as a rectangle.
+    """
+    path = Path(path)
+    check_policy(on_unknown_class)
+    data = read_json(path)
+    if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
+        raise AnnotationError(f"{path}: not a COCO instances file: expected an object with 'images' and 'annotations'")
+    images = coco_table(data, "images", path)
+    categories = {coco_id(c, "id", path): str(c.get("name", "")) for c in coco_table(data, "categories", path)}
+    image_ids = {coco_id(image, "id", path) for image in images}
+    by_image = defaultdict(list)
+    for ann in coco_table(data, "annotations", path):
+        image_id = coco_id(ann, "image_id", path)
+        if image_id not in image_ids:
+            raise AnnotationError(f"{path}: annotation {ann.get('id')!r}: image_id {image_id!r} is not in 'images'")
+        by_image[image_id].append(ann)
+
+    def read_annotation(ann: dict) -> tuple[list[np.ndarray], int]:
+        if ann.get("iscrowd"):
+            raise SkipRegion("crowd region (iscrowd=1)")
+        category = ann.get("category_id")
+        if not isinstance(category, (int, str)) or category not in categories:
+            raise BadRegion(f"category_id {category!r} is not in 'categories'")
+        return annotation_outlines(ann), class_label(class_map, categories[category], on_unknown_class)
+
+    annotations = AnnotationSet(source=path, flavour="coco", records=[], class_names=class_map.classes)
+    locator = ImageLocator(Path(image_root) if image_root is not None else path.parent)
+    for image in images:
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise AnnotationError(f"{path}: image {image.get('id')!r}: 'file_name' must be a non-empty string")
+        record_path = locator.resolve(file_name)
+        size = stated_size(image) or header_size(record_path)
+        width, height = size or (None, None)
+        anns = by_image[image["id"]]
+        record = ImageRecord(file_name, record_path, width=width, height=height, num_regions=len(anns))
+        for ann in anns:
+            where = f"{path}: annotation {ann.get('id')!r} of {file_name!r}"
+            add_region(annotations, record, coco_shape(ann), where, partial(read_annotation, ann), size)
+        annotations.records.append(record)
+    return annotations
+
+
+def coco_table(data: dict, key: str, path: Path) -> list[dict]:
+    table = data.get(key, [])
+    if not isinstance(table, list) or not all(isinstance(row, dict) for row in table):
+        raise AnnotationError(f"{path}: '{key}' must be a list of objects")
+    return table
+
+
+def coco_id(row: dict, key: str, path: Path) -> int | str:
+    value = row.get(key)
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        raise AnnotationError(f"{path}: '{key}' must be a number or a string, got {value!r} in {row!r:.120}")
+    return value
+
+
+def stated_size(image: dict) -> tuple[int, int] | None:
+    width, height = image.get("width"), image.get("height")
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        return width, height
+    return None
+
+
+def coco_shape(ann: dict) -> str:
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, dict):
+        return "rle"
+    return "polygon" if segmentation else "rect"
+
+
+def annotation_outlines(ann: dict) -> list[np.ndarray]:
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, dict):
+        return rle_outlines(segmentation)
+    if segmentation:
+        if not isinstance(segmentation, list) or not all(isinstance(p, list) for p in segmentation):
+            raise BadRegion("'segmentation' must be a list of [x1, y1, x2, y2, ...] polygons or an RLE object")
+        return [flat_polygon(p) for p in segmentation]
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise BadRegion(f"no segmentation, and 'bbox' is not [x, y, width, height]: {bbox!r}")
+    return [rect_polygon(*finite_numbers(bbox, "bbox"))]
+
+
+def flat_polygon(values: list) -> np.ndarray:
+    if len(values) % 2:
+        raise BadRegion(f"a polygon needs x, y pairs, got {len(values)} numbers")
+    return np.array(finite_numbers(values, "polygon"), dtype=np.float32).reshape(-1, 2)
+
+
+def finite_numbers(values: list, what: str) -> list[float]:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise BadRegion(f"{what} holds something that is not a number")
+    if not all(np.isfinite(values)):
+        raise BadRegion(f"{what} holds a non-finite number")
+    return [float(v) for v in values]
+
+
+def rle_outlines(rle: dict) -> list[np.ndarray]:
+    """The outer outlines of an RLE mask, on pixel edges (so they rasterise back to the same pixels)."""
+    contours, _ = cv2.findContours(rle_mask(rle), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outlines = []
+    for contour in contours:
+        centres = contour[:, 0, :].astype(np.float64) + 0.5  # contours run through boundary pixel centres
+        if len(centres) >= 3:
+            line = Polygon(centres)
+        else:  # a one- or two-pixel run
+            line = LineString(centres) if len(centres) == 2 else Point(centres[0])
+        grown = shapely.make_valid(line).buffer(0.5, cap_style="square", join_style="mitre")  # out to pixel edges
+        outlines.extend(np.asarray(p.exterior.coords[:-1], dtype=np.float32) for p in polygonal_parts(grown))
+    if not outlines:
+        raise SkipRegion("empty mask")
+    return outlines
+
+
+def rle_mask(rle: dict) -> np.ndarray:
+    """(H, W) uint8 mask of a COCO RLE, checked before it is expanded.
+
+    Decoded here rather than by pycocotools, whose C decoder writes as many pixels as the counts
+    say, past the mask when a corrupt file's counts add up to more than height x width.
+    """
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise BadRegion(f"RLE 'size' must be [height, width], got {size!r}")
+    height, width = size
+    if height * width > MAX_MASK_PIXELS:
+        raise BadRegion(f"RLE 'size' {size} is larger than any photo ({MAX_MASK_PIXELS} pixels at most)")
+    if isinstance(counts, str):
+        counts = rle_string_counts(counts)
+    if not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        raise BadRegion("RLE 'counts' must be a list of whole numbers or a COCO RLE string")
+    if any(c < 0 for c in counts) or sum(counts) != height * width:
+        raise BadRegion(f"RLE counts cover {sum(counts)} pixels, but 'size' {size} has {height * width}")
+    values = np.arange(len(counts), dtype=np.int64) % 2  # runs alternate 0, 1, 0, ... from a 0-run
+    return np.repeat(values.astype(np.uint8), counts).reshape(width, height).T.copy()  # column-major
+
+
+def rle_string_counts(text: str) -> list[int]:
+    """Run lengths from COCO's compressed RLE string (pycocotools' rleFrString, in Python)."""
+    counts, p = [], 0
+    try:
+        while p < len(text):
+            x, k, more = 0, 0, True
+            while more:
+                c = ord(text[p]) - 48
+                x |= (c & 0x1F) << 5 * k
+                more = c & 0x20
+                p += 1
+                k += 1
+                if not more and c & 0x10:
+                    x |= -1 << 5 * k
+            counts.append(x + counts[-2] if len(counts) > 2 else x)
+    except IndexError:
+        raise BadRegion("the RLE 'counts' string ends in the middle of a number") from None
+    return counts
+
+
+def write_coco(annotations: AnnotationSet, path: Path) -> None:
+    """COCO instances JSON, file names relative to ``path``'s folder, categories 1..N as data.classes."""
+    images, anns = [], []
+    for image_id, record in enumerate(annotations.records, start=1):
+        image = {"id": image_id, "file_name": file_name_from(record.path, path.parent)}
+        size = (record.width, record.height) if record.width and record.height else header_size(record.path)
+        if size:  # unknown for a missing image; readers then look at the file
+            image["width"], image["height"] = size
+        images.append(image)
+        for inst in record.instances:
+            parts = [p.astype(np.float64) for p in inst.polygons]
+            points = np.concatenate(parts)
+            (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+            anns.append({
+                "id": len(anns) + 1,
+                "image_id": image_id,
+                "category_id": inst.label,
+                "segmentation": [[json_number(v) for v in p.astype(np.float32).ravel()] for p in inst.polygons],
+                "area": round(sum(Polygon(p).area for p in parts), 3),
+                "bbox": [json_number(v) for v in (x0, y0, x1 - x0, y1 - y0)],
+                "iscrowd": 0,
+            })
+    categories = [{"id": i, "name": name, "supercategory": ""} for i, name in enumerate(annotations.class_names, 1)]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"images": images, "annotations": anns, "categories": categories}, f, ensure_ascii=False)

@@ -1,0 +1,120 @@
+"""The in-memory form every annotation reader produces and the datamodule consumes.
+
+Readers (VIA, COCO, YOLO-seg) turn a file into an :class:`AnnotationSet`: one
+:class:`ImageRecord` per listed image, each holding :class:`Instance` polygons in pixel
+coordinates of the image as stored on disk (x right, y down, origin at the top-left corner
+of the top-left pixel). Masks are only rasterised later, at the training resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be used; the message names the file and the problem."""
+
+
+class SkipRegion(Exception):
+    """Raised by a reader for one region it cannot use; the reader counts ``reason`` and goes on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadRegion(Exception):
+    """Raised by a reader for a malformed region; re-raised as AnnotationError naming where it is."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One object: one or more outline polygons (COCO allows several parts) and a class id."""
+
+    polygons: tuple[np.ndarray, ...]  # each (N, 2) float32, N >= 3, pixel coordinates
+    label: int  # 1-based class id; 0 is background
+    shape: str = "polygon"  # the shape it was drawn as (polygon, rect, circle, ...)
+
+
+@dataclass
+class ImageRecord:
+    file_name: str  # as written in the annotation file
+    path: Path  # resolved on disk (may not exist: the datamodule reports missing files)
+    instances: list[Instance] = field(default_factory=list)
+    width: int | None = None  # from the annotation, when it says
+    height: int | None = None
+    num_regions: int | None = None  # regions the file lists for this image, used or skipped (readers set it)
+
+
+@dataclass
+class AnnotationSet:
+    """What a reader returns: the images, the class names, and everything it skipped, counted."""
+
+    source: Path
+    flavour: str  # via1 | via2 | via2_project | via3 | coco | yolo | synthetic
+    records: list[ImageRecord]
+    class_names: tuple[str, ...]  # index i holds the name of label i + 1
+    skipped: Counter = field(default_factory=Counter)  # reason -> regions skipped
+    shapes: Counter = field(default_factory=Counter)  # shape name -> regions seen
+    repaired: Counter = field(default_factory=Counter)  # fix (clipped, self-intersection) -> regions kept
+
+    @property
+    def num_instances(self) -> int:
+        return sum(len(r.instances) for r in self.records)
+
+
+class ClassMap:
+    """Maps the class names found in annotations to contiguous ids, with aliases.
+
+    ``classes`` lists the model's classes in id order (id 1 is the first). ``aliases`` maps
+    other spellings to one of them (``book-s-spine`` -> ``book``). An empty or missing name
+    means the only class when there is exactly one; otherwise it is unknown.
+    """
+
+    def __init__(self, classes: list[str] | tuple[str, ...], aliases: dict[str, str] | None = None):
+        if not classes:
+            raise AnnotationError("data.classes must list at least one class name")
+        self.classes = tuple(classes)
+        self.aliases = {k.casefold(): v for k, v in (aliases or {}).items()}
+        for target in self.aliases.values():
+            if target not in self.classes:
+                raise AnnotationError(
+                    f"data.class_aliases points to {target!r}, which is not in data.classes {list(self.classes)}"
+                )
+
+    def lookup(self, name: str | None) -> int | None:
+        """The 1-based id for ``name``, or None when the name is unknown."""
+        if name is None or str(name).strip() == "":
+            return 1 if len(self.classes) == 1 else None
+        key = str(name).strip()
+        key = self.aliases.get(key.casefold(), key)
+        for i, cls in enumerate(self.classes):
+            if cls.casefold() == key.casefold():
+                return i + 1
+        return None
+
+
+BOOK = ClassMap(["book"])  # the default class list: one class, book
+
+
+def as_polygon(xs, ys) -> np.ndarray:
+    """Stack coordinate lists into an (N, 2) float32 array."""
+    return np.stack([np.asarray(xs, dtype=np.float32), np.asarray(ys, dtype=np.float32)], axis=1)
+
+
+def cap_instances(record: ImageRecord, max_instances: int) -> ImageRecord:
+    """MAX_GT_INSTANCES: keep the first ``max_instances`` instances of an image, logging a cut."""
+    if len(record.instances) <= max_instances:
+        return record
+    log.warning(
+        "%s: %d instances, keeping the first %d (data.max_gt_instances)",
+        record.file_name, len(record.instances), max_instances,
+    )
+    return replace(record, instances=record.instances[:max_instances])

@@ -1,0 +1,162 @@
+"""Builds torchvision's Mask R-CNN from booksegm's model config.
+
+The layout is ``maskrcnn_resnet50_fpn``'s (ResNet + FPN, RPN, RoIAlign box and mask heads), or
+``maskrcnn_resnet50_fpn_v2``'s for ``resnet50_v2``; what matterport exposes as Config attributes
+is passed through here (SPEC §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from booksegm.config import ConfigError
+
+BACKBONES = {
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet50_v2": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),  # maskrcnn_resnet50_fpn_v2 layout
+    "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
+    "resnext101_32x8d": (resnet.resnext101_32x8d, resnet.ResNeXt101_32X8D_Weights.IMAGENET1K_V1),
+}
+V2_LAYOUTS = {"resnet50_v2"}  # BatchNorm in FPN and heads, 2-conv RPN head, 4-conv + 1-FC box head
+FPN_LEVELS = 5  # P2..P5 plus the max-pooled P6, as in maskrcnn_resnet50_fpn
+
+
+@dataclass
+class AnchorConfig:
+    sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # RPN_ANCHOR_SCALES, one per FPN level
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # RPN_ANCHOR_RATIOS, width/height as in matterport
+
+    def validate(self) -> None:
+        if len(self.sizes) != FPN_LEVELS:
+            raise ConfigError(f"model.anchors.sizes needs {FPN_LEVELS} values (one per FPN level), got {self.sizes}")
+        if any(s <= 0 for s in self.sizes):
+            raise ConfigError(f"model.anchors.sizes must be positive, got {self.sizes}")
+        if not self.ratios or any(r <= 0 for r in self.ratios):
+            raise ConfigError(f"model.anchors.ratios must be a non-empty list of values > 0, got {self.ratios}")
+
+    def generator(self) -> AnchorGenerator:
+        # matterport's ratio is width/height; torchvision's aspect_ratio is height/width.
+        aspect_ratios = tuple(1.0 / r for r in self.ratios)
+        return AnchorGenerator(sizes=tuple((s,) for s in self.sizes), aspect_ratios=(aspect_ratios,) * FPN_LEVELS)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # BACKBONE; resnet50_v2 = torchvision's maskrcnn_resnet50_fpn_v2 layout
+    weights: str = "none"  # none | coco | imagenet | last | <path to .pth/.ckpt>
+    train_bn: bool = False  # TRAIN_BN: BatchNorm trained (True) or frozen (False); from scratch it is always trained
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # MEAN_PIXEL / 255
+    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    rpn_nms_thresh: float = 0.7  # RPN_NMS_THRESHOLD
+    rpn_batch_size_per_image: int = 256  # RPN_TRAIN_ANCHORS_PER_IMAGE
+    rpn_pre_nms_top_n_train: int = 2000  # PRE_NMS_LIMIT (per FPN level in torchvision)
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000  # POST_NMS_ROIS_TRAINING
+    rpn_post_nms_top_n_test: int = 1000  # POST_NMS_ROIS_INFERENCE
+    box_batch_size_per_image: int = 512  # TRAIN_ROIS_PER_IMAGE
+    box_positive_fraction: float = 0.25  # ROI_POSITIVE_RATIO
+    box_detections_per_img: int = 100  # DETECTION_MAX_INSTANCES
+    box_score_thresh: float = 0.05  # DETECTION_MIN_CONFIDENCE for the model; mAP evaluation keeps this low
+    box_nms_thresh: float = 0.5  # DETECTION_NMS_THRESHOLD
+    pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
+    mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone={self.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+        self.anchors.validate()
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ConfigError("model.image_mean and model.image_std need 3 values each, std > 0")
+        for name in ("rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"model.{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in (
+            "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "box_batch_size_per_image",
+            "box_detections_per_img", "pool_size", "mask_pool_size",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class PreResizedTransform(GeneralizedRCNNTransform):
+    """Normalises and batches, but never resizes: booksegm's data pipeline has already sized
+    every image (matterport's IMAGE_RESIZE_MODE), and a second resize would change it."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        return image, target
+
+
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    """ResNet + FPN with random weights (booksegm.model.weights loads pretrained ones)."""
+    # Frozen BN only makes sense with pretrained statistics; from scratch BN must learn.
+    frozen_bn = cfg.weights != "none" and not cfg.train_bn
+    body = BACKBONES[cfg.backbone][0](weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+    # All layers trainable here: the staged schedule decides what trains (matterport `layers=`).
+    return _resnet_fpn_extractor(body, trainable_layers=5, norm_layer=heads_norm_layer(cfg))
+
+
+def heads_norm_layer(cfg: ModelConfig) -> type[nn.Module] | None:
+    """The v2 layout puts BatchNorm in the FPN and the heads (always trained); v1 has none there."""
+    return nn.BatchNorm2d if cfg.backbone in V2_LAYOUTS else None
+
+
+def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
+    """Mask R-CNN with ``num_classes`` outputs (background included: book -> 2)."""
+    cfg.validate()
+    backbone = build_backbone(cfg)
+    anchor_generator = cfg.anchors.generator()
+    channels = backbone.out_channels
+    norm_layer = heads_norm_layer(cfg)
+    if norm_layer is None:
+        box_head = TwoMLPHead(channels * cfg.pool_size**2, 1024)
+    else:
+        box_head = FastRCNNConvFCHead((channels, cfg.pool_size, cfg.pool_size), [256] * 4, [1024], norm_layer=norm_layer)
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,  # the predictors are built below, from the pool sizes
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=RPNHead(
+            channels, anchor_generator.num_anchors_per_location()[0], conv_depth=1 if norm_layer is None else 2
+        ),
+        rpn_nms_thresh=cfg.rpn_nms_thresh,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.pool_size, sampling_ratio=2),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(1024, num_classes),
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_positive_fraction=cfg.box_positive_fraction,
+        box_detections_per_img=cfg.box_detections_per_img,
+        box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_pool_size, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, [256, 256, 256, 256], 1, norm_layer=norm_layer),
+        mask_predictor=MaskRCNNPredictor(256, 256, num_classes),
+    )
+    model.transform = PreResizedTransform(
+        min_size=1, max_size=1, image_mean=list(cfg.image_mean), image_std=list(cfg.image_std)
+    )
+    return model
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

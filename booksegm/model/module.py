@@ -1,0 +1,156 @@
+"""LightningModule around torchvision Mask R-CNN: weighted matterport losses, COCO mAP at validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from booksegm.config import ConfigError, to_dataclass
+from booksegm.evaluation.coco_eval import CocoEvaluator
+from booksegm.evaluation.visualize import draw_instances, make_grid
+from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.model.losses import validate_loss_weights, weighted_loss
+from booksegm.model.stages import StageConfig, validate_stages
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd (matterport's, with momentum) | adam | adamw
+    lr: float = 0.02  # LEARNING_RATE
+    momentum: float = 0.9  # LEARNING_MOMENTUM (sgd)
+    weight_decay: float = 1e-4  # WEIGHT_DECAY
+    decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
+    warmup_steps: int = 50  # linear LR warmup from warmup_factor * lr
+    warmup_factor: float = 0.001  # LR multiplier at step 0
+    schedule: str = "cosine"  # after warmup: cosine (to 0) | step | constant
+    step_milestones: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step: fractions of all steps
+    step_gamma: float = 0.1  # step: LR multiplier at each milestone
+    loss_weights: dict[str, float] = field(default_factory=dict)  # LOSS_WEIGHTS by matterport name; missing = 1.0
+    # matterport's staged train(layers=...) calls, run back to back; null or [] = one stage, all layers
+    stages: list[StageConfig] | None = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer={self.optimizer!r} is unknown; choose one of {list(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule={self.schedule!r} is unknown; choose one of {list(SCHEDULES)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("train.lr must be > 0, train.weight_decay and train.warmup_steps >= 0")
+        self.loss_weights = validate_loss_weights(self.loss_weights)
+        validate_stages(self.stages or [])
+
+
+class BookSegmModule(pl.LightningModule):
+    """Mask R-CNN for books. Hyperparameters are plain dicts so checkpoints load anywhere."""
+
+    def __init__(self, model: dict, optim: dict, class_names: list[str], num_val_images_logged: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = to_dataclass(ModelConfig, model)
+        self.optim_cfg = to_dataclass(OptimConfig, optim)
+        self.optim_cfg.validate()
+        self.class_names = list(class_names)
+        self.model = build_maskrcnn(self.model_cfg, num_classes=1 + len(self.class_names))
+        self.evaluator = CocoEvaluator(self.class_names)
+        self._val_pictures: list[np.ndarray] = []
+        self.val_history: list[dict[str, float]] = []  # one entry per validation: epoch and metrics
+        self.stage: StageConfig | None = None  # the training stage in force, set by StagedTraining
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.model(list(images))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        loss, named = weighted_loss(self.model(list(images), list(targets)), self.optim_cfg.loss_weights)
+        # tags: train/<name> every step and train_epoch/<name> per epoch (Lightning would
+        # otherwise suffix one tag with _step/_epoch)
+        for name, value in {"loss": loss, **named}.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=len(images))
+            self.log(f"train_epoch/{name}", value, on_step=False, on_epoch=True, batch_size=len(images))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=len(images))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+        self._val_pictures = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        predictions = self.model(list(images))
+        self.evaluator.update(predictions, list(targets))
+        wanted = self.hparams.num_val_images_logged - len(self._val_pictures)
+        for image, pred in list(zip(images, predictions))[: max(wanted, 0)]:
+            self._val_pictures.append(draw_prediction(image, pred, self.class_names))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {f"val/{k}": v for k, v in self.evaluator.compute().items()}
+        self.log_dict(metrics)
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"epoch": self.current_epoch, **{k: float(v) for k, v in metrics.items()}})
+        if self._val_pictures and isinstance(self.logger, TensorBoardLogger):
+            grid = make_grid(self._val_pictures, ncols=2)
+            self.logger.experiment.add_image("val/predictions", grid, self.global_step, dataformats="HWC")
+
+    def configure_optimizers(self):
+        # One optimizer and schedule per training stage, as matterport compiles a new optimizer for
+        # each train(layers=...) call; without a stage, one for the whole run.
+        cfg = self.optim_cfg
+        steps, lr = max(1, int(self.trainer.estimated_stepping_batches)), cfg.lr
+        if self.stage is not None:
+            steps = max(1, round(steps * self.stage.epochs / self.trainer.max_epochs))
+            lr = cfg.lr if self.stage.lr is None else self.stage.lr
+        optimizer = build_optimizer(self.model, cfg, lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """Only trainable parameters; norm weights and biases without weight decay unless asked."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.decay_norm_and_bias:
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    optimizer_class = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optimizer_class(groups, lr=lr)
+
+
+def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """LR multiplier: linear warmup, then the schedule over the remaining steps (of the stage)."""
+    if step < cfg.warmup_steps:
+        alpha = step / cfg.warmup_steps
+        return cfg.warmup_factor * (1 - alpha) + alpha
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.step_gamma ** sum(progress >= m for m in cfg.step_milestones)
+
+
+@torch.no_grad()
+def draw_prediction(image: torch.Tensor, prediction: dict, class_names: list[str], score_threshold: float = 0.5):
+    """One validation image with its confident predicted masks drawn on it (uint8 HWC)."""
+    keep = prediction["scores"] >= score_threshold
+    picture = (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8)
+    return draw_instances(
+        picture,
+        (prediction["masks"][keep, 0] >= 0.5).cpu().numpy(),
+        boxes=prediction["boxes"][keep].cpu().numpy(),
+        scores=prediction["scores"][keep].cpu().numpy(),
+        labels=prediction["labels"][keep].cpu().numpy(),
+        class_names=class_names,
+    )

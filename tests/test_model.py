@@ -1,0 +1,204 @@
+"""The model: config reaches torchvision, weighted losses, weight loading with head surgery."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights
+from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+
+from booksegm.config import ConfigError
+from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
+from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
+from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    cfg = ModelConfig(
+        backbone="resnet18",
+        rpn_pre_nms_top_n_train=100,
+        rpn_post_nms_top_n_train=50,
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=20,
+        box_batch_size_per_image=16,
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def toy_batch(size: int = 64):
+    torch.manual_seed(0)
+    images = [torch.rand(3, size, size) for _ in range(2)]
+    masks = torch.zeros(2, size, size, dtype=torch.uint8)
+    masks[0, 8:40, 10:20] = 1
+    masks[1, 20:60, 30:44] = 1
+    boxes = torch.tensor([[10, 8, 20, 40], [30, 20, 44, 60]], dtype=torch.float32)
+    target = {"boxes": boxes, "labels": torch.ones(2, dtype=torch.int64), "masks": masks}
+    return images, [target, dict(target)]
+
+
+def test_anchors_from_config_reach_the_anchor_generator_and_rpn_head():
+    cfg = tiny_config(anchors=AnchorConfig(sizes=[16, 32, 64, 128, 256], ratios=[0.25, 0.5, 1.0, 2.0]))
+    model = build_maskrcnn(cfg, num_classes=2)
+    generator = model.rpn.anchor_generator
+    assert generator.sizes == ((16,), (32,), (64,), (128,), (256,))
+    # matterport ratios are width/height; torchvision's are height/width
+    assert generator.aspect_ratios[0] == pytest.approx((4.0, 2.0, 1.0, 0.5))
+    assert model.rpn.head.cls_logits.out_channels == 4
+    assert model.rpn.head.bbox_pred.out_channels == 16
+
+
+def test_matterport_knobs_reach_torchvision_modules():
+    cfg = tiny_config(
+        rpn_nms_thresh=0.6, rpn_batch_size_per_image=128, box_batch_size_per_image=33,
+        box_positive_fraction=0.33, box_detections_per_img=77, box_score_thresh=0.3, box_nms_thresh=0.35,
+        pool_size=5, mask_pool_size=10,
+    )
+    model = build_maskrcnn(cfg, num_classes=3)
+    assert model.rpn.nms_thresh == 0.6
+    assert model.rpn.fg_bg_sampler.batch_size_per_image == 128
+    assert model.rpn._pre_nms_top_n == {"training": 100, "testing": 50}
+    assert model.rpn._post_nms_top_n == {"training": 50, "testing": 20}
+    heads = model.roi_heads
+    assert heads.fg_bg_sampler.batch_size_per_image == 33
+    assert heads.fg_bg_sampler.positive_fraction == 0.33
+    assert (heads.detections_per_img, heads.score_thresh, heads.nms_thresh) == (77, 0.3, 0.35)
+    assert heads.box_roi_pool.output_size == (5, 5)
+    assert heads.mask_roi_pool.output_size == (10, 10)
+    assert heads.box_predictor.cls_score.out_features == 3
+    assert heads.mask_predictor.mask_fcn_logits.out_channels == 3
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("backbone", "vgg16", "model.backbone"),
+        ("anchors", AnchorConfig(sizes=[-16, 32, 64, 128, 256]), "anchors.sizes must be positive"),
+        ("anchors", AnchorConfig(sizes=[32, 64]), "needs 5 values"),
+        ("anchors", AnchorConfig(ratios=[0.0, 1.0]), "ratios"),
+        ("rpn_nms_thresh", 1.5, "rpn_nms_thresh"),
+        ("box_detections_per_img", 0, "box_detections_per_img"),
+    ],
+)
+def test_invalid_model_values_fail_with_one_clear_line(field, value, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_maskrcnn(tiny_config(**{field: value}), num_classes=2)
+    assert "\n" not in str(info.value)
+
+
+def test_the_model_does_not_resize_again():
+    model = build_maskrcnn(tiny_config(), num_classes=2).eval()
+    image_list, _ = model.transform([torch.rand(3, 100, 150)])
+    assert image_list.image_sizes == [(100, 150)]
+
+
+def test_weighted_loss_is_the_weighted_sum_of_the_named_components():
+    model = build_maskrcnn(tiny_config(), num_classes=2).train()
+    images, targets = toy_batch()
+    loss_dict = model(images, targets)
+    assert set(loss_dict) == set(LOSS_NAMES)
+    weights = validate_loss_weights({"mrcnn_mask_loss": 2.0, "rpn_bbox_loss": 0.5})
+    total, named = weighted_loss(loss_dict, weights)
+    expected = sum(weights[LOSS_NAMES[k]] * v for k, v in loss_dict.items())
+    assert torch.allclose(total, expected)
+    assert set(named) == set(LOSS_NAMES.values())
+    assert torch.equal(named["mrcnn_mask_loss"], loss_dict["loss_mask"])
+
+
+@pytest.mark.parametrize("mask_weight", [0.0, 1.0])
+def test_a_zero_loss_weight_removes_that_component_gradient(mask_weight):
+    torch.manual_seed(0)
+    model = build_maskrcnn(tiny_config(), num_classes=2).train()
+    images, targets = toy_batch()
+    total, _ = weighted_loss(model(images, targets), validate_loss_weights({"mrcnn_mask_loss": mask_weight}))
+    total.backward()
+    # the mask predictor only receives gradient from the mask loss
+    grad = model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad
+    has_gradient = grad is not None and grad.abs().sum().item() > 0
+    assert has_gradient == (mask_weight > 0)
+
+
+def test_unknown_or_negative_loss_weights_are_refused():
+    with pytest.raises(ConfigError, match="unknown key"):
+        validate_loss_weights({"mask_loss": 1.0})
+    with pytest.raises(ConfigError, match=">= 0"):
+        validate_loss_weights({"mrcnn_mask_loss": -1.0})
+
+
+def put_in_hub_cache(monkeypatch, tmp_path: Path, weights, state: dict) -> None:
+    """Save ``state`` where torchvision's weights enum looks before downloading."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / Path(weights.url).name)
+
+
+def test_coco_weights_load_into_the_two_class_model_with_heads_replaced(monkeypatch, tmp_path):
+    torch.manual_seed(1)
+    coco_state = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    put_in_hub_cache(monkeypatch, tmp_path, MaskRCNN_ResNet50_FPN_Weights.COCO_V1, coco_state)
+    model = build_maskrcnn(ModelConfig(weights="coco"), num_classes=2)
+    load_initial_weights(model, "coco", "resnet50")
+    state = model.state_dict()
+    for key in ("backbone.body.layer3.0.conv1.weight", "backbone.fpn.layer_blocks.0.0.weight",
+                "rpn.head.conv.0.0.weight", "roi_heads.mask_head.0.0.weight", "roi_heads.box_head.fc6.weight"):
+        assert torch.equal(state[key], coco_state[key]), key
+    assert state["roi_heads.box_predictor.cls_score.weight"].shape[0] == 2
+    assert state["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 2
+
+
+def test_imagenet_weights_load_into_the_backbone(monkeypatch, tmp_path):
+    from torchvision.models import resnet18
+
+    imagenet_state = resnet18(weights=None).state_dict()
+    put_in_hub_cache(monkeypatch, tmp_path, ResNet18_Weights.IMAGENET1K_V1, imagenet_state)
+    model = build_maskrcnn(tiny_config(weights="imagenet"), num_classes=2)
+    load_initial_weights(model, "imagenet", "resnet18")
+    assert torch.equal(model.backbone.body.layer2[0].conv1.weight, imagenet_state["layer2.0.conv1.weight"])
+
+
+def test_no_network_gives_one_line_with_the_offline_options(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    model = build_maskrcnn(ModelConfig(weights="coco"), num_classes=2)
+    with pytest.raises(WeightsUnavailableError, match="offline options") as info:
+        load_initial_weights(model, "coco", "resnet50")
+    assert "\n" not in str(info.value) and "model.weights=none" in str(info.value)
+
+
+def test_weights_from_another_architecture_are_refused(tmp_path):
+    other = build_maskrcnn(tiny_config(backbone="resnet34"), num_classes=2)
+    path = tmp_path / "r34.pth"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_initial_weights(build_maskrcnn(tiny_config(), num_classes=2), str(path), "resnet18")
+
+
+def test_a_lightning_checkpoint_file_round_trips(tmp_path):
+    source = build_maskrcnn(tiny_config(), num_classes=2)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, path)
+    assert read_state_dict(path).keys() == source.state_dict().keys()
+    target = build_maskrcnn(tiny_config(weights=str(path)), num_classes=2)
+    load_initial_weights(target, str(path), "resnet18")
+    loaded = target.state_dict()  # built with frozen BN: no num_batches_tracked buffers
+    for key, value in source.state_dict().items():
+        assert key.endswith("num_batches_tracked") or torch.equal(loaded[key], value), key
+
+
+def test_missing_or_garbage_weight_files_are_reported(tmp_path):
+    model = build_maskrcnn(tiny_config(), num_classes=2)
+    with pytest.raises(WeightsUnavailableError, match="no file"):
+        load_initial_weights(model, str(tmp_path / "nope.pth"), "resnet18")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailableError, match="not a readable PyTorch file"):
+        load_initial_weights(model, str(garbage), "resnet18")

@@ -1,0 +1,134 @@
+"""Training entry point: ``python -m booksegm.train [overrides]`` (Hydra).
+
+Everything a run needs is built and checked first (config, data, model, weights), so a bad
+value fails in one line before training; then Lightning trains and the run folder holds the
+resolved config, TensorBoard logs, checkpoints and ``metrics.json`` (best and last validation
+metrics, wall time: what ``python -m booksegm.sweep_report`` reads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from booksegm.config import ConfigError, as_plain, to_dataclass
+from booksegm.data.datamodule import BookDataModule, DataConfig
+from booksegm.data.records import AnnotationError
+from booksegm.model.build import ModelConfig
+from booksegm.model.module import BookSegmModule
+from booksegm.model.stages import StagedTraining
+from booksegm.model.weights import WeightsUnavailableError, load_initial_weights
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the user's input is wrong": reported in one line, not as a traceback.
+USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError)
+
+OmegaConf.register_new_resolver(
+    "auto_precision", lambda: "16-mixed" if torch.cuda.is_available() else "32-true", replace=True
+)
+
+
+def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
+    """The datamodule (set up, so bad data fails now) and the module with its initial weights."""
+    datamodule = BookDataModule(to_dataclass(DataConfig, cfg.data, "data"))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model_cfg = to_dataclass(ModelConfig, cfg.model, "model")
+    module = BookSegmModule(
+        model=as_plain(cfg.model), optim=as_plain(cfg.train), class_names=list(datamodule.class_names)
+    )
+    if not cfg.get("ckpt_path"):
+        load_initial_weights(module.model, model_cfg.weights, model_cfg.backbone, Path(cfg.paths.log_dir))
+    return datamodule, module
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train; returns the run summary also written to ``metrics.json`` in the run folder."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    try:
+        datamodule, module = build(cfg)
+        staging = build_staging(module, datamodule)
+    except USER_ERRORS as err:
+        fail(err)
+
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    staged = {}
+    if staging is not None:  # the stages set the epochs
+        callbacks.append(staging)
+        staged = {"max_epochs": staging.total_epochs}
+        log.info("train.stages: %d stages, %d epochs in all", len(staging.stages), staging.total_epochs)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **staged)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except USER_ERRORS as err:  # a checkpoint whose training stage train.stages does not have
+        fail(err)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    summary = summarize(module.val_history, cfg.optimized_metric, time.perf_counter() - started, trainer)
+    (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
+    report(trainer, metrics, cfg)
+    return summary
+
+
+def build_staging(module: BookSegmModule, datamodule: BookDataModule) -> StagedTraining | None:
+    """The staged schedule (train.stages); None runs all layers for trainer.max_epochs."""
+    stages = module.optim_cfg.stages
+    return StagedTraining(stages, datamodule.cfg.resize) if stages else None
+
+
+def fail(err: Exception) -> NoReturn:
+    log.error("%s", err)
+    sys.exit(f"booksegm: error: {err}")
+
+
+def summarize(history: list[dict], metric: str, wall_time_s: float, trainer: pl.Trainer) -> dict:
+    """Best validation (by ``metric``) and last validation of the run, with its wall time."""
+    # COCO gives NaN where a size range has no objects: null in JSON
+    history = [{k: v if math.isfinite(v) else None for k, v in entry.items()} for entry in history]
+    scored = [v for v in history if v.get(metric) is not None]
+    ckpt = trainer.checkpoint_callback
+    return {
+        "metric": metric,
+        "best": max(scored, key=lambda v: v[metric]) if scored else {},
+        "last": history[-1] if history else {},
+        "validations": history,
+        "wall_time_s": round(wall_time_s, 1),
+        "epochs": trainer.current_epoch,
+        "best_checkpoint": ckpt.best_model_path if ckpt is not None else "",
+    }
+
+
+def report(trainer: pl.Trainer, metrics: dict[str, float], cfg: DictConfig) -> None:
+    """The lines a user wants at the end: validation AP, where the model is, how to look at it."""
+    ckpt = trainer.checkpoint_callback
+    print(f"val mask AP: {metrics.get('val/mask_AP', float('nan')):.4f}  box AP: {metrics.get('val/box_AP', float('nan')):.4f}"
+          f"  (mask AP50 {metrics.get('val/mask_AP50', float('nan')):.4f})")
+    if ckpt is not None and ckpt.best_model_path:
+        print(f"best checkpoint (val mask AP {float(ckpt.best_model_score):.4f}): {ckpt.best_model_path}")
+    if ckpt is not None and ckpt.last_model_path:
+        print(f"last checkpoint: {ckpt.last_model_path}")
+    print(f"tensorboard --logdir {Path(cfg.paths.output_dir) / 'tensorboard'}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Returns the run's best ``optimized_metric``: what Hydra sweepers (Optuna) optimise."""
+    return train(cfg)["best"].get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

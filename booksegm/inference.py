@@ -1,0 +1,243 @@
+"""Inference plumbing shared by evaluate, predict, export and the notebooks.
+
+- :func:`load_model`: a Mask R-CNN from a Lightning checkpoint (``.ckpt``, with the training
+  run's config when it still sits in its run folder) or from an exported state dict (``.pth``
+  with the ``.json`` that ``python -m booksegm.export format=state_dict`` writes beside it).
+- :func:`prepare_image` / :func:`restore_detections`: the model never resizes (see
+  ``booksegm.model.build.PreResizedTransform``), so a photo is resized as validation resized it,
+  and the boxes and masks that come back are mapped onto the photo again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torchvision.models.detection import MaskRCNN
+
+from booksegm.config import ConfigError, as_plain, to_dataclass
+from booksegm.data.dataset import to_tensor
+from booksegm.data.records import AnnotationError
+from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
+from booksegm.model.build import ModelConfig, build_maskrcnn
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SPEC_SECTION = "booksegm"  # the exported JSON's section that booksegm itself reads
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be loaded; the message names the file and the problem."""
+
+
+# Errors that mean "the user's input is wrong": entry points report them in one line.
+USER_ERRORS = (ConfigError, AnnotationError, CheckpointError)
+
+
+@dataclass
+class LoadedModel:
+    model: MaskRCNN  # in eval mode, on the requested device
+    class_names: list[str]  # class_names[i] names label i + 1
+    model_cfg: ModelConfig
+    resize: ResizeConfig | None  # how validation resized images (None: the file does not say)
+    run_config: DictConfig | None  # the training run's config, for a checkpoint in its run folder
+    source: Path
+
+    def spec(self) -> dict:
+        """What booksegm needs besides the weights to rebuild this model (the JSON's own section),
+        with the detection limits in force (``set_detection_limits``)."""
+        heads = self.model.roi_heads
+        limits = {"box_score_thresh": heads.score_thresh, "box_detections_per_img": heads.detections_per_img}
+        return {
+            "model": {**asdict(self.model_cfg), **limits},
+            "class_names": self.class_names,
+            "resize": asdict(self.resize) if self.resize is not None else None,
+        }
+
+
+def read_settings(schema: type[T], cfg: DictConfig) -> T:
+    """A command's own top-level knobs (the fields of ``schema``), interpolations resolved, as a
+    checked dataclass: a missing ``???`` value or a wrong type is a ConfigError."""
+    try:
+        values = {k: as_plain(cfg[k]) for k in schema.__dataclass_fields__ if k in cfg}
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return to_dataclass(schema, values)
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when there is a GPU; anything else is a torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}, but this machine has no CUDA GPU: use device=cpu or auto")
+    return device
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model stored at ``path`` (Lightning checkpoint or exported state dict), in eval mode."""
+    path = Path(path).expanduser()
+    data = read_torch_file(path)
+    if "state_dict" in data and "hyper_parameters" in data:  # a Lightning checkpoint
+        hparams = data["hyper_parameters"]
+        state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
+        spec = {"model": hparams.get("model"), "class_names": hparams.get("class_names")}
+        run_config = read_run_config(path)
+        resize = validation_resize(run_config) if run_config is not None else None
+    else:
+        state, spec, run_config = data, read_spec(path), None
+        resize = to_dataclass(ResizeConfig, spec["resize"], f"{path}: resize") if spec.get("resize") else None
+    if not isinstance(spec.get("model"), dict) or not spec.get("class_names"):
+        raise CheckpointError(f"{path}: no model config or class names in it; was it written by booksegm?")
+    model_cfg = to_dataclass(ModelConfig, spec["model"], f"{path}: model")
+    model = build_maskrcnn(model_cfg, num_classes=1 + len(spec["class_names"]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit its model config: {str(err).splitlines()[0]}") from None
+    if resize is not None:
+        resize.validate(training=False)
+    return LoadedModel(model.eval().to(device), list(spec["class_names"]), model_cfg, resize, run_config, path)
+
+
+def read_torch_file(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        hint = " (TorchScript and ONNX exports run on their own; evaluate and predict read .ckpt or .pth)"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint{hint}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a checkpoint or a state dict")
+    return data
+
+
+def spec_path(weights: Path) -> Path:
+    """The JSON that describes an exported state dict: the same name with ``.json``."""
+    return weights.with_suffix(".json")
+
+
+def read_spec(weights: Path) -> dict:
+    path = spec_path(weights)
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))[SPEC_SECTION]
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{weights}: a plain state dict needs its model config {path.name} beside it "
+            "(python -m booksegm.export format=state_dict writes both)"
+        ) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a booksegm model config ({err})") from None
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path}: '{SPEC_SECTION}' must be an object")
+    return spec
+
+
+def read_run_config(ckpt: Path) -> DictConfig | None:
+    """The config (unresolved) of the run a checkpoint came from: ``<run>/.hydra/config.yaml`` for
+    ``<run>/checkpoints/x.ckpt``, None when the checkpoint has left its run folder."""
+    config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not config.is_file():
+        log.info("%s: no run config at %s", ckpt, config)
+        return None
+    return OmegaConf.load(config)
+
+
+def validation_resize(run_config: DictConfig) -> ResizeConfig:
+    """How the run resized validation images: ``data.val_resize``, else ``data.resize``."""
+    data = run_config.data
+    section = data.val_resize if data.get("val_resize") is not None else data.resize
+    return to_dataclass(ResizeConfig, section, "data.val_resize")
+
+
+def set_detection_limits(model: MaskRCNN, score_threshold: float | None, max_detections: int | None) -> None:
+    """DETECTION_MIN_CONFIDENCE and DETECTION_MAX_INSTANCES; applied before NMS, as in matterport."""
+    if score_threshold is not None:
+        model.roi_heads.score_thresh = float(score_threshold)
+    if max_detections is not None:
+        model.roi_heads.detections_per_img = int(max_detections)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a photo lies in the model input: input = photo * scale + offset, per axis (x, y)."""
+
+    height: int  # the photo's size
+    width: int
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+
+    def crop(self) -> tuple[slice, slice]:
+        """The rows and columns of the model input that hold the photo (the rest is padding)."""
+        x0, y0 = round(self.offset[0]), round(self.offset[1])
+        return slice(y0, y0 + round(self.height * self.scale[1])), slice(x0, x0 + round(self.width * self.scale[0]))
+
+
+def prepare_image(image: np.ndarray, resize: ResizeConfig) -> tuple[torch.Tensor, Placement]:
+    """An (H, W, 3) uint8 photo -> the model's (3, h, w) float input, sized as in validation."""
+    height, width = image.shape[:2]
+    # The photo's corners, moved by the same resize as its pixels, give the exact map between them.
+    corners = np.array([[0, 0], [width, height]], dtype=np.float32)
+    resized, (moved,), _ = resize_image_and_polygons(image, [corners], resize)
+    scale = (moved[1] - moved[0]) / corners[1]
+    placement = Placement(height, width, (float(scale[0]), float(scale[1])), (float(moved[0, 0]), float(moved[0, 1])))
+    return to_tensor(resized), placement
+
+
+@dataclass
+class Detections:
+    """One image's predictions on the photo itself, best score first."""
+
+    boxes: np.ndarray  # (N, 4) float32 xyxy, photo pixels
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64, 1-based
+    masks: np.ndarray  # (N, H, W) bool, photo size
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def restore_detections(
+    prediction: dict[str, torch.Tensor], placement: Placement, mask_threshold: float = 0.5
+) -> Detections:
+    """Map a model output (model-input pixels) back onto the photo ``placement`` describes."""
+    scale = np.array(placement.scale * 2, dtype=np.float32)
+    offset = np.array(placement.offset * 2, dtype=np.float32)
+    boxes = (prediction["boxes"].detach().cpu().numpy() - offset) / scale
+    boxes = np.clip(boxes, 0, [placement.width, placement.height] * 2).astype(np.float32)
+    rows, cols = placement.crop()
+    probabilities = prediction["masks"].detach().cpu().numpy()[:, 0, rows, cols]
+    size = (placement.width, placement.height)
+    # one instance at a time: N full-size float masks of a large photo would not fit in memory
+    masks = np.zeros((len(probabilities), placement.height, placement.width), dtype=bool)
+    for i, probability in enumerate(probabilities):
+        masks[i] = cv2.resize(probability, size, interpolation=cv2.INTER_LINEAR) > mask_threshold
+    return Detections(
+        boxes=boxes,
+        scores=prediction["scores"].detach().cpu().numpy().astype(np.float32),
+        labels=prediction["labels"].detach().cpu().numpy().astype(np.int64),
+        masks=masks,
+    )
+
+
+@torch.no_grad()
+def predict_images(loaded: LoadedModel, images: list[np.ndarray], resize: ResizeConfig) -> list[Detections]:
+    """Detections on each photo of a batch (RGB uint8), resized for the model and mapped back."""
+    device = next(loaded.model.parameters()).device
+    prepared = [prepare_image(image, resize) for image in images]
+    outputs = loaded.model([tensor.to(device) for tensor, _ in prepared])
+    return [restore_detections(output, placement) for output, (_, placement) in zip(outputs, prepared, strict=True)]

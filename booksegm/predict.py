@@ -1,0 +1,360 @@
+"""Prediction entry point: ``python -m booksegm.predict ckpt_path=PATH input=FILE_OR_DIR output_dir=DIR``.
+
+Photos (jpg, png, webp, ... upright per EXIF), folders (searched recursively) and videos
+(frame by frame). Each photo is resized as validation resized it; boxes and masks are mapped
+back onto the photo. Outputs (``formats=[...]``), under ``output_dir``, named after each
+input's path relative to the input folder:
+
+- ``overlay/<name>.png``: instance colours, outlines, boxes, class and score;
+- ``splash/<name>.png``: matterport's colour splash (books in colour, the rest grey);
+- ``masks/<name>/<k>_<class>_<score>.png``: one 0/255 PNG per detection, best score first;
+- ``predictions_coco.json``: COCO images, categories and scored annotations (RLE masks); its
+  ``annotations`` list is a COCO results file;
+- ``predictions_via.json``: a VIA 2 project (polygons from the mask outlines, simplified) to
+  open in VIA and correct: model-assisted labelling for the next round.
+
+Videos are written back as ``overlay/<name>.mp4`` and ``splash/<name>.mp4``. A photo without
+detections gets empty outputs; unreadable files are reported, counted and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+
+from booksegm.config import ConfigError
+from booksegm.data.formats.coco import rle_outlines
+from booksegm.data.formats.common import json_number
+from booksegm.data.images import ImageReadError, load_rgb
+from booksegm.data.records import SkipRegion
+from booksegm.data.resize import ResizeConfig
+from booksegm.evaluation.coco_eval import encode_masks
+from booksegm.evaluation.visualize import color_splash, draw_instances
+from booksegm.inference import (
+    USER_ERRORS,
+    Detections,
+    LoadedModel,
+    load_model,
+    predict_images,
+    read_settings,
+    select_device,
+    set_detection_limits,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("overlay", "splash", "masks", "coco", "via")
+VIDEO_FORMATS = ("overlay", "splash")  # what a video is written back as
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+VIA_VERSION = "2.0.10"
+
+
+@dataclass
+class PredictConfig:
+    ckpt_path: str
+    input: str
+    output_dir: str
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    score_threshold: float = 0.7  # DETECTION_MIN_CONFIDENCE
+    max_detections: int = 100  # DETECTION_MAX_INSTANCES
+    batch_size: int = 1  # IMAGES_PER_GPU
+    device: str = "auto"
+    resize: ResizeConfig | None = None  # null: as the checkpoint's validation
+    polygon_tolerance: float = 1.0  # px, cv2.approxPolyDP epsilon for VIA polygons
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown or not self.formats:
+            raise ConfigError(f"formats={self.formats}: choose from {list(FORMATS)}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1 or self.batch_size < 1 or self.polygon_tolerance < 0:
+            raise ConfigError("max_detections and batch_size must be >= 1, polygon_tolerance >= 0")
+        if self.resize is not None:
+            self.resize.validate(training=False)
+
+
+@dataclass
+class PredictSummary:
+    images: int = 0
+    detections: int = 0  # on photos and video frames
+    videos: int = 0
+    frames: int = 0
+    skipped: list[str] = field(default_factory=list)  # one message per unreadable file
+
+
+def find_inputs(path: Path) -> tuple[Path, list[Path], list[Path]]:
+    """(the folder names are relative to, photos, videos) for a file or a folder tree."""
+    if not path.exists():
+        raise ConfigError(f"input={path}: no such file or folder")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            raise ConfigError(f"input={path}: not an image or video ({sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)})")
+        return path.parent, [path] * (suffix in IMAGE_SUFFIXES), [path] * (suffix in VIDEO_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    if not photos and not videos:
+        raise ConfigError(f"input={path}: no images or videos in this folder or below it")
+    return path, photos, videos
+
+
+def render(kind: str, image: np.ndarray, detections: Detections, class_names: list[str]) -> np.ndarray:
+    if kind == "splash":
+        return color_splash(image, detections.masks)
+    return draw_instances(image, detections.masks, detections.boxes, detections.scores, detections.labels, class_names)
+
+
+class PhotoOutputs:
+    """Writes each photo's outputs as it comes; the COCO and VIA files at :meth:`close`."""
+
+    def __init__(self, out: Path, root: Path, formats: list[str], class_names: list[str], polygon_tolerance: float):
+        self.out, self.root, self.formats = out, root, formats
+        self.class_names, self.polygon_tolerance = class_names, polygon_tolerance
+        self.coco = {"images": [], "annotations": [],
+                     "categories": [{"id": i, "name": n} for i, n in enumerate(class_names, start=1)]}
+        self.via: dict[str, dict] = {}
+
+    def add(self, path: Path, image: np.ndarray, detections: Detections) -> None:
+        name = path.relative_to(self.root)
+        for kind in ("overlay", "splash"):
+            if kind in self.formats:
+                save_png(render(kind, image, detections, self.class_names), self.out / kind / name.with_suffix(".png"))
+        if "masks" in self.formats:
+            folder = self.out / "masks" / name.with_suffix("")
+            folder.mkdir(parents=True, exist_ok=True)  # empty for a photo without detections
+            for k, (mask, label, score) in enumerate(zip(detections.masks, detections.labels, detections.scores)):
+                save_png(mask.astype(np.uint8) * 255, folder / f"{k:03d}_{self.class_names[label - 1]}_{score:.2f}.png")
+        if not {"coco", "via"} & set(self.formats):
+            return
+        rles = encode_masks(detections.masks)
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("ascii")  # JSON text, as COCO files hold it
+        if "coco" in self.formats:
+            self._add_coco(name, image, detections, rles)
+        if "via" in self.formats:
+            self._add_via(path, name, detections, rles)
+
+    def _add_coco(self, name: Path, image: np.ndarray, detections: Detections, rles: list[dict]) -> None:
+        image_id = len(self.coco["images"]) + 1
+        height, width = image.shape[:2]
+        self.coco["images"].append({"id": image_id, "file_name": name.as_posix(), "width": width, "height": height})
+        for box, label, score, rle in zip(detections.boxes, detections.labels, detections.scores, rles):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            self.coco["annotations"].append({
+                "id": len(self.coco["annotations"]) + 1, "image_id": image_id, "category_id": int(label),
+                "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(float(score), 4),
+                "area": int(mask_util.area(rle)), "segmentation": rle, "iscrowd": 0,
+            })
+
+    def _add_via(self, path: Path, name: Path, detections: Detections, rles: list[dict]) -> None:
+        regions = []
+        for label, score, rle in zip(detections.labels, detections.scores, rles):
+            outline = via_outline(rle, self.polygon_tolerance)
+            if outline is not None:
+                regions.append({
+                    "shape_attributes": {"name": "polygon", "all_points_x": [json_number(v) for v in outline[:, 0]],
+                                         "all_points_y": [json_number(v) for v in outline[:, 1]]},
+                    "region_attributes": {"name": self.class_names[label - 1], "score": f"{score:.3f}"},
+                })
+        size = path.stat().st_size
+        self.via[f"{name.as_posix()}{size}"] = {  # VIA's key: file name + byte size
+            "filename": name.as_posix(), "size": size, "regions": regions, "file_attributes": {},
+        }
+
+    def close(self) -> None:
+        if "coco" in self.formats:
+            write_json(self.coco, self.out / "predictions_coco.json")
+        if "via" in self.formats:
+            write_json(via_project(self.via, self.root, self.class_names), self.out / "predictions_via.json")
+
+
+def via_outline(rle: dict, tolerance: float) -> np.ndarray | None:
+    """The outline of a mask's largest part, on pixel edges, simplified; None for an empty mask.
+
+    VIA holds one polygon per region, so a detection split in parts keeps its largest one.
+    """
+    try:
+        outlines = rle_outlines(rle)
+    except SkipRegion:
+        return None
+    largest = max(outlines, key=lambda p: abs(cv2.contourArea(p)))
+    simplified = cv2.approxPolyDP(largest.reshape(-1, 1, 2), tolerance, closed=True).reshape(-1, 2)
+    return simplified if len(simplified) >= 3 else largest
+
+
+def via_project(images: dict[str, dict], root: Path, class_names: list[str]) -> dict:
+    """A VIA 2 project file (Project > Load in VIA 2.x): the images, a class dropdown, settings.
+
+    ``default_filepath`` points VIA at the input folder, so the photos open with their regions.
+    """
+    return {
+        "_via_settings": {
+            "ui": {
+                "annotation_editor_height": 25, "annotation_editor_fontsize": 0.8, "leftsidebar_width": 18,
+                "image_grid": {"img_height": 80, "rshape_fill": "none", "rshape_fill_opacity": 0.3,
+                               "rshape_stroke": "yellow", "rshape_stroke_width": 2, "show_region_shape": True,
+                               "show_image_policy": "all"},
+                "image": {"region_label": "name", "region_color": "__via_default_region_color__",
+                          "region_label_font": "10px Sans", "on_image_annotation_editor_placement": "NEAR_REGION"},
+            },
+            "core": {"buffer_size": 18, "filepath": {}, "default_filepath": root.resolve().as_posix() + "/"},
+            "project": {"name": "booksegm_predictions"},
+        },
+        "_via_img_metadata": images,
+        "_via_attributes": {
+            "region": {
+                "name": {"type": "dropdown", "description": "class", "options": dict.fromkeys(class_names, ""),
+                         "default_options": {class_names[0]: True}},
+                "score": {"type": "text", "description": "booksegm prediction score", "default_value": ""},
+            },
+            "file": {},
+        },
+        "_via_data_format_version": VIA_VERSION,
+        "_via_image_id_list": list(images),
+    }
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)  # PIL: non-ASCII paths work everywhere (cv2.imwrite's do not on Windows)
+
+
+def write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def predict_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, batch_size: int,
+                   outputs: PhotoOutputs, summary: PredictSummary) -> None:
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        for (path, image), detections in zip(batch, predict_images(loaded, [im for _, im in batch], resize)):
+            outputs.add(path, image, detections)
+            summary.images += 1
+            summary.detections += len(detections)
+        batch.clear()
+
+    for path in tqdm(photos, desc="predict", unit="img"):
+        try:
+            batch.append((path, load_rgb(path)))
+        except ImageReadError as err:
+            log.warning("skipping %s", err)
+            summary.skipped.append(str(err))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+
+
+def predict_video(loaded: LoadedModel, path: Path, name: Path, settings: PredictConfig, resize: ResizeConfig,
+                  summary: PredictSummary) -> None:
+    """Frame by frame into ``<kind>/<name>.mp4`` for each video format asked for."""
+    kinds = [kind for kind in VIDEO_FORMATS if kind in settings.formats]
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    writers: dict[str, cv2.VideoWriter] = {}  # opened at the first frame, which gives the size
+    frames = 0
+    progress = tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc=path.name, unit="frame")
+    try:
+        while batch := [f for f in (read_frame(capture) for _ in range(settings.batch_size)) if f is not None]:
+            for image, detections in zip(batch, predict_images(loaded, batch, resize)):
+                for kind in kinds:
+                    if kind not in writers:
+                        video = Path(settings.output_dir) / kind / name.with_suffix(".mp4")
+                        writers[kind] = open_video(video, fps, image.shape)
+                    picture = render(kind, image, detections, loaded.class_names)
+                    writers[kind].write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+                summary.detections += len(detections)
+            frames += len(batch)
+            progress.update(len(batch))
+    finally:
+        progress.close()
+        capture.release()
+        for writer in writers.values():
+            writer.release()
+    if frames == 0:
+        message = f"{path}: cannot decode: no video frames read"
+        log.warning("skipping %s", message)
+        summary.skipped.append(message)
+    else:
+        summary.videos += 1
+        summary.frames += frames
+
+
+def read_frame(capture: cv2.VideoCapture) -> np.ndarray | None:
+    ok, frame = capture.read()
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if ok else None
+
+
+def open_video(path: Path, fps: float, shape: tuple[int, ...]) -> cv2.VideoWriter:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps if fps > 0 else 25.0, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise ConfigError(f"{path}: OpenCV cannot write an mp4v video here")
+    return writer
+
+
+def predict(settings: PredictConfig) -> PredictSummary:
+    settings.validate()
+    start = time.perf_counter()
+    root, photos, videos = find_inputs(Path(settings.input).expanduser())
+    loaded = load_model(settings.ckpt_path, select_device(settings.device))
+    resize = settings.resize or loaded.resize
+    if resize is None:
+        raise ConfigError(
+            f"{settings.ckpt_path}: the checkpoint does not say how images were resized (no run config beside it): "
+            "set resize={mode:square,min_dim:800,max_dim:1024} as in training"
+        )
+    set_detection_limits(loaded.model, settings.score_threshold, settings.max_detections)
+    out = Path(settings.output_dir)
+    summary = PredictSummary()
+    outputs = PhotoOutputs(out, root, settings.formats, loaded.class_names, settings.polygon_tolerance)
+    predict_photos(loaded, photos, resize, settings.batch_size, outputs, summary)
+    if videos and not set(VIDEO_FORMATS) & set(settings.formats):
+        log.warning("%d video(s) not processed: videos are written as %s only", len(videos), list(VIDEO_FORMATS))
+    elif videos:
+        for path in videos:
+            predict_video(loaded, path, path.relative_to(root), settings, resize, summary)
+    if photos:
+        outputs.close()
+    print(report(summary, out, time.perf_counter() - start))
+    return summary
+
+
+def report(summary: PredictSummary, out: Path, seconds: float) -> str:
+    lines = [(f"predicted {summary.images} images and {summary.videos} videos ({summary.frames} frames): "
+              f"{summary.detections} detections in {seconds:.1f} s")]
+    if summary.skipped:
+        lines.append(f"skipped {len(summary.skipped)} unreadable file(s):")
+        lines += [f"  {message}" for message in summary.skipped]
+    lines.append(f"outputs in {out}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(read_settings(PredictConfig, cfg))
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        sys.exit(f"booksegm: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

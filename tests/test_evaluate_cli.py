@@ -1,0 +1,172 @@
+"""Evaluate: the report's figures on hand-made cases, and the command on a tiny trained run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from test_train import TINY  # the tiny synthetic training run's overrides
+
+from booksegm.config import as_plain
+from booksegm.evaluate import evaluate
+from booksegm.evaluation.report import EvaluationReport
+from booksegm.evaluation.voc import mean_voc_ap
+from booksegm.export import ExportConfig, export
+from booksegm.model.module import BookSegmModule
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SIZE = 40
+
+
+def square(x: int, y: int, side: int = 10) -> torch.Tensor:
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    mask[y : y + side, x : x + side] = 1
+    return mask
+
+
+def target(masks: list[torch.Tensor], image_id: int) -> dict:
+    stacked = torch.stack(masks) if masks else torch.zeros(0, SIZE, SIZE, dtype=torch.uint8)
+    boxes = []
+    for mask in stacked:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.ones(len(stacked), dtype=torch.int64), "masks": stacked, "image_id": image_id}
+
+
+def as_detections(truth: dict, scores: list[float]) -> dict:
+    """Ground truth in the form the model predicts: float masks [N, 1, H, W] and scores."""
+    return {"boxes": truth["boxes"], "labels": truth["labels"], "scores": torch.tensor(scores),
+            "masks": truth["masks"].float()[:, None]}
+
+
+def report_on(predictions: list[dict], targets: list[dict], threshold: float = 0.5) -> EvaluationReport:
+    report = EvaluationReport(["book"], score_threshold=threshold)
+    report.update(predictions, targets, [f"photo{t['image_id']}.jpg" for t in targets])
+    return report
+
+
+def test_ground_truth_fed_as_detections_scores_one():
+    targets = [target([square(2, 2), square(20, 5, 12)], 0), target([square(8, 25)], 1)]
+    report = report_on([as_detections(t, [0.9] * len(t["labels"])) for t in targets], targets)
+    metrics = report.metrics()
+    for name in ("mask_AP", "mask_AP50", "mask_AP75", "box_AP", "mask_AR100", "voc_mask_AP50"):
+        assert metrics[name] == pytest.approx(1.0), name
+    assert all((r.tp, r.fp, r.fn, r.f1, r.mean_match_iou) == (r.gt, 0, 0, 1.0, 1.0) for r in report.images)
+
+
+@pytest.mark.parametrize(
+    "dx, coco_ap, ap50, voc_ap50, tp",  # IoU of a 10 px square and its copy moved dx px: (10 - dx) / (10 + dx)
+    [(2, 0.4, 1.0, 1.0, 1),  # IoU 0.667 passes COCO's thresholds 0.50..0.65: 4 of 10
+     (4, 0.0, 0.0, 0.0, 0)],  # IoU 0.429: no match at all
+)
+def test_shifted_masks_give_the_expected_lower_values(dx, coco_ap, ap50, voc_ap50, tp):
+    truth = target([square(5, 5)], 0)
+    moved = as_detections(target([square(5 + dx, 5)], 0), [0.9])
+    report = report_on([moved], [truth])
+    metrics = report.metrics()
+    assert metrics["mask_AP"] == pytest.approx(coco_ap)
+    assert metrics["mask_AP50"] == pytest.approx(ap50)
+    assert metrics["voc_mask_AP50"] == pytest.approx(voc_ap50)
+    (result,) = report.images
+    assert (result.tp, result.fp, result.fn) == (tp, 1 - tp, 1 - tp)
+    if tp:
+        assert result.mean_match_iou == pytest.approx((10 - dx) / (10 + dx))
+
+
+def test_voc_figure_is_matterports_mean_of_per_image_compute_ap():
+    """A false positive scoring above a hit, a miss, and a photo without books."""
+    truth = [target([square(2, 2), square(20, 20)], 0), target([square(5, 5)], 1), target([], 2)]
+    predictions = [
+        as_detections(target([square(2, 2), square(28, 2)], 0), [0.6, 0.9]),  # a hit (low score), a stray (high)
+        as_detections(truth[1], [0.8]),
+        as_detections(target([square(10, 10)], 2), [0.95]),  # a detection where there is no book
+    ]
+    report = report_on(predictions, truth)
+    # photo 0: precision 0 at the stray, then 1/2 at recall 1/2 -> AP 0.25; photo 1: 1.0; photo 2: left out
+    assert [r.voc_ap50 for r in report.images][:2] == pytest.approx([0.25, 1.0])
+    assert math.isnan(report.images[2].voc_ap50)
+    assert report.metrics()["voc_mask_AP50"] == pytest.approx(mean_voc_ap(predictions, truth)) == pytest.approx(0.625)
+    worst = report.worst_first()
+    assert [r.image for r in worst] == ["photo2.jpg", "photo0.jpg", "photo1.jpg"]  # F1 0, 0.5, 1
+
+
+def test_scores_below_the_threshold_stay_out_of_the_per_image_counts_but_not_out_of_coco_ap():
+    truth = [target([square(5, 5)], 0)]
+    report = report_on([as_detections(truth[0], [0.3])], truth, threshold=0.5)
+    assert report.metrics()["mask_AP"] == pytest.approx(1.0)
+    (result,) = report.images
+    assert (result.detections, result.tp, result.fn, result.voc_ap50) == (0, 0, 1, 0.0)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    """What ``python -m booksegm.train`` leaves (the tiny synthetic run's config and a Lightning
+    checkpoint), made in-process: the weights are the untrained ones, which is all evaluate needs."""
+    root = tmp_path_factory.mktemp("root")
+    run = root / "outputs" / "train" / "runs" / "tiny"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=TINY)
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # unresolved, as Hydra saves it
+    torch.manual_seed(0)
+    module = BookSegmModule(model=as_plain(cfg.model), optim=as_plain(cfg.train), class_names=list(cfg.data.classes))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_evaluate_command_on_a_checkpoint_uses_its_run_config(run_folder):
+    root = run_folder.parents[3]
+    env = {**os.environ, "BOOKSEGM_ROOT": str(root), "BOOKSEGM_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "booksegm.evaluate", f"ckpt_path={run_folder / 'checkpoints' / 'last.ckpt'}",
+         "data.val_batch_size=1", "score_threshold=0.0"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val: 2 images" in result.stdout and "matterport VOC mask AP50" in result.stdout
+    assert "AP50" in result.stdout and "AR100" in result.stdout
+
+    out = next((root / "outputs" / "evaluate" / "runs").iterdir())
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["images"] == 2 and summary["split"] == "val"
+    for prefix in ("mask", "box"):
+        assert {f"{prefix}_{name}" for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")} \
+            <= summary["metrics"].keys()
+    assert "voc_mask_AP50" in summary["metrics"]
+    assert (out / "pr_curves.png").stat().st_size > 0
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and [float(r["f1"]) for r in rows] == sorted(float(r["f1"]) for r in rows)
+    assert all(r["image"].startswith("synth_") for r in rows)
+
+
+def test_an_exported_state_dict_evaluates_the_same(run_folder, tmp_path, monkeypatch):
+    root = run_folder.parents[3]
+    monkeypatch.setenv("BOOKSEGM_CACHE", str(root / "cache"))
+    ckpt, weights = run_folder / "checkpoints" / "last.ckpt", tmp_path / "books.pth"
+    export(ExportConfig(ckpt_path=str(ckpt), format="state_dict", output=str(weights), timing_runs=1))
+    data = [o for o in TINY if o.startswith("data.")]
+    results = {}
+    for name, path in (("ckpt", ckpt), ("state_dict", weights)):
+        overrides = [f"ckpt_path={path}", f"paths.output_dir={tmp_path / name}"]
+        overrides += data if name == "state_dict" else []  # a checkpoint brings its run's data config
+        (tmp_path / name).mkdir()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="evaluate", overrides=overrides)
+        results[name] = evaluate(cfg, overrides)
+    assert results["state_dict"]["metrics"] == results["ckpt"]["metrics"]
+    assert results["state_dict"]["images"] == 2

@@ -1,0 +1,194 @@
+"""Predict: every output format for a folder, zero-detection photos, corrupt files, videos, VIA round trip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from pycocotools.coco import COCO
+
+from booksegm.config import to_dataclass
+from booksegm.data.formats.coco import read_coco
+from booksegm.data.resize import ResizeConfig
+from booksegm.data.synthetic import render_scene
+from booksegm.data.transforms import rasterize
+from booksegm.data.via import read_via
+from booksegm.evaluation.voc import mask_ious
+from booksegm.export import write_state_dict
+from booksegm.inference import (
+    Detections,
+    LoadedModel,
+    load_model,
+    predict_images,
+    prepare_image,
+    restore_detections,
+    set_detection_limits,
+)
+from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.predict import PhotoOutputs, PredictConfig, predict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY_MODEL = ModelConfig(backbone="resnet18", rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
+                         box_detections_per_img=10)
+RESIZE = ResizeConfig(mode="square", min_dim=96, max_dim=96)
+EXIF_ROTATE_270 = 6  # EXIF orientation: turn the stored pixels 270 degrees to show them upright
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """An untrained tiny model exported as a state dict (with its JSON: 96 px squares)."""
+    torch.manual_seed(0)
+    loaded = LoadedModel(build_maskrcnn(TINY_MODEL, num_classes=2).eval(), ["book"], TINY_MODEL, RESIZE, None, Path())
+    path = tmp_path_factory.mktemp("model") / "tiny.pth"
+    write_state_dict(loaded, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """scene.jpg (stored sideways, upright by EXIF), sub/grey.png, broken.jpg, notes.txt."""
+    folder = tmp_path_factory.mktemp("photos")
+    scene = Image.fromarray(render_scene(np.random.default_rng(1), 128, 96)[0]).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = EXIF_ROTATE_270
+    scene.save(folder / "scene.jpg", exif=exif, quality=95)
+    (folder / "sub").mkdir()
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(folder / "sub" / "grey.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def score_threshold(weights, photos) -> float:
+    """Halfway between the best scores on the two photos: the untrained model then detects
+    something on one of them and nothing on the other."""
+    from booksegm.data.images import load_rgb
+
+    loaded = load_model(weights)
+    set_detection_limits(loaded.model, 0.0, None)
+    best = [predict_images(loaded, [load_rgb(photos / name)], RESIZE)[0].scores.max()
+            for name in ("scene.jpg", "sub/grey.png")]
+    assert abs(best[0] - best[1]) > 1e-3
+    return float(best[0] + best[1]) / 2
+
+
+def test_predict_writes_every_format_for_a_folder(weights, photos, score_threshold, tmp_path, capsys):
+    out = tmp_path / "out"
+    summary = predict(PredictConfig(ckpt_path=str(weights), input=str(photos), output_dir=str(out),
+                                    score_threshold=score_threshold, device="cpu"))
+    assert summary.images == 2 and summary.detections > 0
+    assert len(summary.skipped) == 1 and "broken.jpg: cannot decode" in summary.skipped[0]
+    printed = capsys.readouterr().out
+    assert "predicted 2 images" in printed and "skipped 1 unreadable file(s)" in printed and "broken.jpg" in printed
+
+    names = {"scene": (128, 96), "sub/grey": (96, 96)}  # upright (width, height)
+    for name, size in names.items():
+        for kind in ("overlay", "splash"):
+            assert Image.open(out / kind / f"{name}.png").size == size
+        assert (out / "masks" / name).is_dir()
+    mask_counts = {name: len(list((out / "masks" / name).glob("*.png"))) for name in names}
+    assert min(mask_counts.values()) == 0 and sum(mask_counts.values()) == summary.detections
+    assert not (out / "overlay" / "broken.png").exists()
+
+    coco = COCO(str(out / "predictions_coco.json"))
+    assert sorted(image["file_name"] for image in coco.dataset["images"]) == ["scene.jpg", "sub/grey.png"]
+    assert len(coco.dataset["annotations"]) == summary.detections
+    coco.loadRes(coco.dataset["annotations"])  # the annotations list is a valid COCO results file
+    by_file = {image["file_name"]: len(coco.getAnnIds(imgIds=image["id"])) for image in coco.dataset["images"]}
+    assert by_file == {"scene.jpg": mask_counts["scene"], "sub/grey.png": mask_counts["sub/grey"]}
+
+    via = read_via(out / "predictions_via.json", image_root=photos)
+    assert via.flavour == "via2_project"
+    non_empty = {image["file_name"]: sum(coco.anns[i]["area"] > 0 for i in coco.getAnnIds(imgIds=image["id"]))
+                 for image in coco.dataset["images"]}
+    assert {r.file_name: len(r.instances) for r in via.records} == non_empty
+    assert all(r.path.is_file() for r in via.records)
+
+
+def test_via_and_coco_outputs_reread_with_the_same_instances(tmp_path):
+    """Hand-made detections through the writers and booksegm's own readers."""
+    height, width = 90, 120
+    photo = tmp_path / "shelf.png"
+    Image.new("RGB", (width, height), (200, 180, 150)).save(photo)
+    masks = np.zeros((3, height, width), np.uint8)
+    masks[0, 10:80, 5:25] = 1  # an upright spine
+    cv2.fillPoly(masks[1], [cv2.boxPoints(((60, 45), (18, 60), 20)).astype(np.int32)], 1)  # a leaning one
+    cv2.ellipse(masks[2], (100, 30), (12, 8), 0, 0, 360, 1, -1)
+    masks[2, 75:82, 95:105] = 1  # a second, smaller part: VIA keeps the largest
+    detections = Detections(boxes=np.zeros((3, 4), np.float32), scores=np.array([0.9, 0.8, 0.7], np.float32),
+                            labels=np.ones(3, np.int64), masks=masks.astype(bool))
+    outputs = PhotoOutputs(tmp_path / "out", tmp_path, ["coco", "via"], ["book"], polygon_tolerance=1.0)
+    outputs.add(photo, np.zeros((height, width, 3), np.uint8), detections)
+    outputs.close()
+
+    def reread(annotations) -> np.ndarray:
+        (record,) = annotations.records
+        assert record.path == photo and all(inst.label == 1 for inst in record.instances)
+        return np.stack([rasterize(list(inst.polygons), height, width) for inst in record.instances])
+
+    largest_parts = masks.copy()
+    largest_parts[2, 75:82, 95:105] = 0
+    via = reread(read_via(tmp_path / "out" / "predictions_via.json", image_root=tmp_path))
+    assert np.diag(mask_ious(via.astype(bool), largest_parts.astype(bool))).min() > 0.9
+    coco = reread(read_coco(tmp_path / "out" / "predictions_coco.json", image_root=tmp_path))
+    assert np.diag(mask_ious(coco.astype(bool), masks.astype(bool))).min() > 0.99  # RLE: exact
+
+
+def test_detections_map_back_onto_the_photo():
+    """A box and mask found in the 96 px model input land where they are in a 200 x 100 photo."""
+    photo_mask = np.zeros((100, 200), np.uint8)
+    photo_mask[20:60, 40:120] = 255
+    model_input, placement = prepare_image(np.repeat(photo_mask[..., None], 3, axis=2), RESIZE)
+    assert model_input.shape == (3, 96, 96) and placement.offset == (0.0, 24.0)
+    np.testing.assert_allclose(placement.scale, [0.48, 0.48], rtol=1e-6)
+    box_in_model = torch.tensor([[40 * 0.48, 20 * 0.48 + 24, 120 * 0.48, 60 * 0.48 + 24]])
+    prediction = {"boxes": box_in_model, "scores": torch.tensor([0.9]), "labels": torch.tensor([1]),
+                  "masks": model_input[:1][None]}  # the resized mask as a probability map
+    restored = restore_detections(prediction, placement)
+    np.testing.assert_allclose(restored.boxes[0], [40, 20, 120, 60], atol=1e-4)
+    assert restored.masks.shape == (1, 100, 200)
+    assert mask_ious(restored.masks, photo_mask[None] > 0)[0, 0] > 0.95
+
+
+def test_video_is_written_back_frame_by_frame(weights, tmp_path):
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 96))
+    for seed in range(3):
+        writer.write(cv2.cvtColor(render_scene(np.random.default_rng(seed), 128, 96)[0], cv2.COLOR_RGB2BGR))
+    writer.release()
+    summary = predict(PredictConfig(ckpt_path=str(weights), input=str(clip), output_dir=str(tmp_path / "out"),
+                                    formats=["overlay", "splash"], score_threshold=0.0, batch_size=2, device="cpu"))
+    assert (summary.videos, summary.frames) == (1, 3)
+    for kind in ("overlay", "splash"):
+        capture = cv2.VideoCapture(str(tmp_path / "out" / kind / "clip.mp4"))
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+        assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (128, 96)
+
+
+def test_predict_config_composes(weights):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=[f"ckpt_path={weights}", "input=/photos", "output_dir=/tmp/x",
+                                                        "resize={mode:pad64,min_dim:128}"])
+    settings = to_dataclass(PredictConfig, {k: cfg[k] for k in PredictConfig.__dataclass_fields__})
+    settings.validate()
+    assert settings.formats == ["overlay", "splash", "masks", "coco", "via"] and settings.resize.mode == "pad64"
+
+
+def test_a_missing_input_fails_in_one_line(weights, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "booksegm.predict", f"ckpt_path={weights}", f"input={tmp_path / 'nowhere'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "BOOKSEGM_ROOT": str(tmp_path)},
+    )
+    assert result.returncode != 0
+    assert f"booksegm: error: input={tmp_path / 'nowhere'}: no such file or folder" in result.stderr
+    assert "Traceback" not in result.stderr

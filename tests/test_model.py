@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import urllib.error
 from pathlib import Path
 
@@ -94,6 +95,15 @@ def test_the_model_does_not_resize_again():
     model = build_maskrcnn(tiny_config(), num_classes=2).eval()
     image_list, _ = model.transform([torch.rand(3, 100, 150)])
     assert image_list.image_sizes == [(100, 150)]
+
+
+def test_new_heads_start_at_chance_level_losses():
+    # Near-zero predictors: 2-class cross-entropy and per-pixel BCE both start at ln 2;
+    # torchvision's default init puts the first mask loss near 8.
+    torch.manual_seed(0)
+    losses = build_maskrcnn(tiny_config(), num_classes=2).train()(*toy_batch())
+    assert losses["loss_mask"].item() == pytest.approx(math.log(2), abs=0.01)
+    assert losses["loss_classifier"].item() == pytest.approx(math.log(2), abs=0.05)
 
 
 def test_weighted_loss_is_the_weighted_sum_of_the_named_components():

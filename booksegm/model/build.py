@@ -155,7 +155,18 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
     model.transform = PreResizedTransform(
         min_size=1, max_size=1, image_mean=list(cfg.image_mean), image_std=list(cfg.image_std)
     )
+    init_predictors(model)
     return model
+
+
+def init_predictors(model: MaskRCNN) -> None:
+    """Near-zero class-specific output layers, as detectron2 initialises them. torchvision's
+    default (Kaiming) init gives new heads mask logits in the tens: the first mask losses sit
+    near 8 and their gradients swamp the RPN's while it is still learning where books are."""
+    box_predictor, mask_logits = model.roi_heads.box_predictor, model.roi_heads.mask_predictor.mask_fcn_logits
+    for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001), (mask_logits, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)
 
 
 def count_trainable(model: nn.Module) -> int:

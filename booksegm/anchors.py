@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"warning: {skipped} images skipped: no readable file and no size in the annotation", file=sys.stderr)
     if not len(boxes):
-        print(f"error: {args.annotations}: no GT boxes to measure", file=sys.stderr)
+        reasons = "; ".join(f"{reason}: {n}" for reason, n in annotations.skipped.most_common())
+        print(f"error: {args.annotations}: no GT boxes to measure"
+              + (f" (regions skipped, by reason: {reasons})" if reasons else ""), file=sys.stderr)
         return 1
     scores = suggest(boxes, AnchorSet("current", tuple(current.sizes), tuple(current.ratios)), args.iou, args.top)
     print(format_report(boxes, scores, resize, args.iou))

@@ -23,10 +23,10 @@ SCHEDULES = ("cosine", "step", "constant")
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd (matterport's, with momentum) | adam | adamw
-    lr: float = 0.02  # LEARNING_RATE
+    optimizer: str = "adamw"  # adamw | adam | sgd (matterport's, with momentum)
+    lr: float = 2e-4  # LEARNING_RATE
     momentum: float = 0.9  # LEARNING_MOMENTUM (sgd)
-    weight_decay: float = 1e-4  # WEIGHT_DECAY
+    weight_decay: float = 0.05  # WEIGHT_DECAY
     decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
     warmup_steps: int = 50  # linear LR warmup from warmup_factor * lr
     warmup_factor: float = 0.001  # LR multiplier at step 0

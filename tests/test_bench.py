@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
-from booksegm.bench.__main__ import main
+import torch
+
+from booksegm.bench.__main__ import main, model_settings
+from booksegm.model.module import build_optimizer
 
 
 def test_bench_prints_synth_data_train_and_predict_figures(capsys):
@@ -16,3 +20,10 @@ def test_bench_prints_synth_data_train_and_predict_figures(capsys):
     assert re.search(r"^train +booksegm \(Lightning\) +[\d.]+ s/step", out, re.M)
     assert re.search(r"^train +plain torchvision loop +[\d.]+ s/step", out, re.M)
     assert re.search(r"^predict +booksegm [\d.]+ images/s, plain torchvision [\d.]+ images/s", out, re.M)
+
+
+def test_booksegm_side_trains_with_the_plain_loops_optimizer():
+    # the plain loop uses torch.optim.SGD; the comparison is only fair if booksegm's side does too,
+    # whatever the training default (AdamW) is
+    _, optim = model_settings(argparse.Namespace(backbone="resnet18"))
+    assert type(build_optimizer(torch.nn.Linear(2, 2), optim, optim.lr)) is torch.optim.SGD

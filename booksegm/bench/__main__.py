@@ -91,7 +91,8 @@ def model_settings(args) -> tuple[ModelConfig, OptimConfig]:
         backbone=args.backbone, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150, box_batch_size_per_image=128,
     )
-    optim = OptimConfig(lr=0.01, warmup_steps=0, schedule="constant")
+    # SGD, because the plain loop below is torchvision's reference recipe (not booksegm's AdamW default)
+    optim = OptimConfig(optimizer="sgd", lr=0.01, weight_decay=1e-4, warmup_steps=0, schedule="constant")
     return model, optim
 
 

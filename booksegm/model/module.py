@@ -24,11 +24,11 @@ SCHEDULES = ("cosine", "step", "constant")
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd (matterport's, with momentum)
-    lr: float = 2e-4  # LEARNING_RATE
+    lr: float = 4e-4  # LEARNING_RATE
     momentum: float = 0.9  # LEARNING_MOMENTUM (sgd)
     weight_decay: float = 0.05  # WEIGHT_DECAY
     decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
-    warmup_steps: int = 50  # linear LR warmup from warmup_factor * lr
+    warmup_steps: int = 20  # linear LR warmup from warmup_factor * lr
     warmup_factor: float = 0.001  # LR multiplier at step 0
     schedule: str = "cosine"  # after warmup: cosine (to 0) | step | constant
     step_milestones: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step: fractions of all steps

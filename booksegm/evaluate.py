@@ -39,7 +39,7 @@ class EvaluateConfig:
     ckpt_path: str
     split: str = "val"  # val | test
     test_annotations: str | None = None  # split=test: annotations under data.root
-    score_threshold: float = 0.7  # DETECTION_MIN_CONFIDENCE of the per-image figures
+    score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE of the per-image figures; null: the checkpoint's calibrated one, else 0.7
     device: str = "auto"
 
     def validate(self) -> None:
@@ -47,7 +47,7 @@ class EvaluateConfig:
             raise ConfigError(f"split={self.split!r} is unknown; choose one of {list(SPLITS)}")
         if self.split == "test" and not self.test_annotations:
             raise ConfigError("split=test needs test_annotations=FILE (under data.root)")
-        if not 0.0 <= self.score_threshold <= 1.0:
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
 
 
@@ -92,6 +92,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict:
     settings = read_settings(EvaluateConfig, cfg)
     settings.validate()
     loaded = load_model(settings.ckpt_path, select_device(settings.device))
+    settings.score_threshold = loaded.display_threshold(settings.score_threshold)
     datamodule = BookDataModule(data_config(cfg, loaded, overrides))
     datamodule.prepare_data()
     datamodule.setup("validate")

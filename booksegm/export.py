@@ -50,7 +50,7 @@ from booksegm.inference import (
     set_detection_limits,
     spec_path,
 )
-from booksegm.model.build import V2_LAYOUTS
+from booksegm.model.build import is_torchvision_v1_layout
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,9 @@ def torchvision_spec(loaded: LoadedModel) -> dict:
 
 
 def write_state_dict(loaded: LoadedModel, path: Path) -> None:
-    cfg = loaded.model_cfg
-    if cfg.backbone in V2_LAYOUTS or cfg.pool_size != 7 or cfg.mask_pool_size != 14:
-        log.warning("%s: the torchvision-only recipe covers the v1 layout with pool sizes 7/14; "
-                    "load this model with booksegm.inference.load_model", path)
+    if not is_torchvision_v1_layout(loaded.model_cfg):
+        log.warning("%s: the torchvision-only recipe covers the v1 layout (BatchNorm, FPN 256, pool sizes 7/14, "
+                    "standard heads); load this model with booksegm.inference.load_model", path)
     torch.save(loaded.model.state_dict(), path)
     spec_path(path).write_text(json.dumps(torchvision_spec(loaded), indent=2))
 

@@ -28,11 +28,13 @@ from booksegm.data.dataset import to_tensor
 from booksegm.data.records import AnnotationError
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
 from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.model.module import SCORE_THRESHOLD_KEY
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPEC_SECTION = "booksegm"  # the exported JSON's section that booksegm itself reads
+DEFAULT_SCORE_THRESHOLD = 0.7  # matterport's DETECTION_MIN_CONFIDENCE, for a file without a calibrated one
 
 
 class CheckpointError(ValueError):
@@ -51,6 +53,13 @@ class LoadedModel:
     resize: ResizeConfig | None  # how validation resized images (None: the file does not say)
     run_config: DictConfig | None  # the training run's config, for a checkpoint in its run folder
     source: Path
+    score_threshold: float | None = None  # the F1-best score on the run's validation, when the file has it
+
+    def display_threshold(self, requested: float | None) -> float:
+        """The confidence threshold for showing detections: the one asked for, else the calibrated one."""
+        if requested is not None:
+            return requested
+        return self.score_threshold if self.score_threshold is not None else DEFAULT_SCORE_THRESHOLD
 
     def spec(self) -> dict:
         """What booksegm needs besides the weights to rebuild this model (the JSON's own section),
@@ -61,6 +70,7 @@ class LoadedModel:
             "model": {**asdict(self.model_cfg), **limits},
             "class_names": self.class_names,
             "resize": asdict(self.resize) if self.resize is not None else None,
+            SCORE_THRESHOLD_KEY: self.score_threshold,
         }
 
 
@@ -94,7 +104,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if "state_dict" in data and "hyper_parameters" in data:  # a Lightning checkpoint
         hparams = data["hyper_parameters"]
         state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
-        spec = {"model": hparams.get("model"), "class_names": hparams.get("class_names")}
+        spec = {"model": hparams.get("model"), "class_names": hparams.get("class_names"),
+                SCORE_THRESHOLD_KEY: data.get(SCORE_THRESHOLD_KEY)}
         run_config = read_run_config(path)
         resize = validation_resize(run_config) if run_config is not None else None
     else:
@@ -110,7 +121,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise CheckpointError(f"{path}: the weights do not fit its model config: {str(err).splitlines()[0]}") from None
     if resize is not None:
         resize.validate(training=False)
-    return LoadedModel(model.eval().to(device), list(spec["class_names"]), model_cfg, resize, run_config, path)
+    threshold = spec.get(SCORE_THRESHOLD_KEY)
+    return LoadedModel(
+        model.eval().to(device), list(spec["class_names"]), model_cfg, resize, run_config, path,
+        float(threshold) if isinstance(threshold, (int, float)) else None,
+    )
 
 
 def read_torch_file(path: Path) -> dict:

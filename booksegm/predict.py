@@ -68,7 +68,7 @@ class PredictConfig:
     input: str
     output_dir: str
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
-    score_threshold: float = 0.7  # DETECTION_MIN_CONFIDENCE
+    score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE; null: the checkpoint's calibrated one, else 0.7
     max_detections: int = 100  # DETECTION_MAX_INSTANCES
     batch_size: int = 1  # IMAGES_PER_GPU
     device: str = "auto"
@@ -79,7 +79,7 @@ class PredictConfig:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ConfigError(f"formats={self.formats}: choose from {list(FORMATS)}")
-        if not 0.0 <= self.score_threshold <= 1.0:
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
         if self.max_detections < 1 or self.batch_size < 1 or self.polygon_tolerance < 0:
             raise ConfigError("max_detections and batch_size must be >= 1, polygon_tolerance >= 0")
@@ -321,7 +321,10 @@ def predict(settings: PredictConfig) -> PredictSummary:
             f"{settings.ckpt_path}: the checkpoint does not say how images were resized (no run config beside it): "
             "set resize={mode:square,min_dim:800,max_dim:1024} as in training"
         )
-    set_detection_limits(loaded.model, settings.score_threshold, settings.max_detections)
+    threshold = loaded.display_threshold(settings.score_threshold)
+    log.info("score threshold %.3f (%s)", threshold, "asked for" if settings.score_threshold is not None else
+             "calibrated on the run's validation" if loaded.score_threshold is not None else "matterport's default")
+    set_detection_limits(loaded.model, threshold, settings.max_detections)
     out = Path(settings.output_dir)
     summary = PredictSummary()
     outputs = PhotoOutputs(out, root, settings.formats, loaded.class_names, settings.polygon_tolerance)

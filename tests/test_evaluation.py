@@ -91,7 +91,7 @@ def test_images_without_ground_truth_and_without_any():
     assert m["mask_AP50"] == pytest.approx(2 / 3)  # FP, TP, TP: a flat envelope at 2/3
 
     ev, m = coco([prediction([square(5, 5)], [0.9])], [target([], 0)])
-    assert all(math.isnan(v) for v in m.values()) and len(m) == 18
+    assert all(math.isnan(v) for v in m.values()) and len(m) == 20
     assert np.isnan(ev.precision_recall(0.5)[1]).all()
 
 
@@ -103,6 +103,19 @@ def test_false_positive_above_the_true_positive_halves_ap():
     recall, precision = ev.precision_recall(0.5, kind="bbox")
     np.testing.assert_allclose(precision, 0.5)
     np.testing.assert_allclose(recall, np.linspace(0, 1, 101))
+
+
+@pytest.mark.parametrize(
+    "scores_and_boxes, f1, score",
+    [
+        ([(0.9, GT[0]), (0.8, GT[1]), (0.3, square(20, 2))], 1.0, 0.8),  # the FP scores lowest: cut it
+        ([(0.9, GT[0]), (0.8, square(20, 2)), (0.3, GT[1])], 0.8, 0.3),  # keep all: P 2/3, R 1
+    ],
+)
+def test_best_f1_gives_the_score_threshold_that_shows_the_real_detections(scores_and_boxes, f1, score):
+    preds = prediction([b for _, b in scores_and_boxes], [s for s, _ in scores_and_boxes])
+    _, m = coco([preds], [target(GT)])
+    assert m["mask_F1"] == pytest.approx(f1) and m["mask_F1_score"] == pytest.approx(score)
 
 
 def test_masks_may_come_on_any_device_dtype_and_image_size():

@@ -212,3 +212,53 @@ def test_missing_or_garbage_weight_files_are_reported(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsUnavailableError, match="not a readable PyTorch file"):
         load_initial_weights(model, str(garbage), "resnet18")
+
+
+def test_imagenet_weights_load_into_a_mobilenet_backbone(monkeypatch, tmp_path):
+    from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+
+    imagenet_state = mobilenet_v3_large(weights=None).state_dict()
+    put_in_hub_cache(monkeypatch, tmp_path, MobileNet_V3_Large_Weights.IMAGENET1K_V1, imagenet_state)
+    model = build_maskrcnn(tiny_config(backbone="mobilenet_v3_large", weights="imagenet"), num_classes=2)
+    load_initial_weights(model, "imagenet", "mobilenet_v3_large")
+    assert torch.equal(model.backbone.body["4"].block[0][0].weight, imagenet_state["features.4.block.0.0.weight"])
+
+
+def test_the_cpu_profile_knobs_shape_a_narrow_groupnorm_model_that_trains():
+    cfg = tiny_config(backbone="mobilenet_v3_large", norm="group", fpn_channels=32, box_head_dim=64,
+                      mask_head_convs=2, mask_head_channels=16)
+    model = build_maskrcnn(cfg, num_classes=2)
+    norms = {type(m) for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))}
+    assert norms == {torch.nn.GroupNorm}  # backbone, FPN and mask head: no BatchNorm left
+    assert all(g.num_channels // g.num_groups >= 2 for g in model.modules() if isinstance(g, torch.nn.GroupNorm))
+    assert model.backbone.out_channels == 32 and model.rpn.head.conv[0][0].in_channels == 32
+    assert model.roi_heads.box_head.fc7.out_features == 64 and model.roi_heads.box_predictor.cls_score.in_features == 64
+    assert len(model.roi_heads.mask_head) == 2 and model.roi_heads.mask_predictor.conv5_mask.out_channels == 16
+    # four FPN inputs at strides 4..32, as the ResNet layout's C2..C5
+    features = model.backbone(torch.zeros(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    model.train()
+    images, targets = toy_batch()
+    loss = sum(model(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"norm": "layer"}, "model.norm='layer' is unknown"),
+    ({"norm": "group", "weights": "coco"}, "has BatchNorm statistics"),
+    ({"fpn_channels": 0}, "model.fpn_channels must be >= 1"),
+    ({"backbone": "mobilenet_v3_small"}, "model.backbone='mobilenet_v3_small' is unknown"),
+])
+def test_impossible_profile_knobs_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_config(**overrides).validate()
+
+
+def test_resnet_stage_groups_are_refused_for_a_mobilenet_backbone():
+    from booksegm.model.module import BookSegmModule
+
+    model = vars(tiny_config(backbone="mobilenet_v3_large"))
+    model["anchors"] = vars(model["anchors"])
+    with pytest.raises(ConfigError, match="name ResNet stages"):
+        BookSegmModule(model=model, optim={"stages": [{"layers": "4+", "epochs": 1}]}, class_names=["book"])

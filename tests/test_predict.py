@@ -81,6 +81,25 @@ def score_threshold(weights, photos) -> float:
     return float(best[0] + best[1]) / 2
 
 
+def test_predict_defaults_to_the_threshold_calibrated_in_the_model_file(weights, photos, score_threshold, tmp_path):
+    """A file that carries the F1-best score of its validation is shown at that score when predict is
+    given none; a file without one falls back to matterport's 0.7; an explicit value wins."""
+    loaded = load_model(weights)
+    assert loaded.score_threshold is None and loaded.display_threshold(None) == 0.7
+    assert loaded.display_threshold(0.25) == 0.25
+    loaded.score_threshold = score_threshold
+    calibrated = tmp_path / "calibrated.pth"
+    write_state_dict(loaded, calibrated)
+    assert load_model(calibrated).score_threshold == pytest.approx(score_threshold)
+
+    counts = {}
+    for name, path, threshold in (("calibrated", calibrated, None), ("explicit", weights, score_threshold),
+                                  ("fallback", weights, None)):
+        counts[name] = predict(PredictConfig(ckpt_path=str(path), input=str(photos), output_dir=str(tmp_path / name),
+                                             formats=["coco"], score_threshold=threshold, device="cpu")).detections
+    assert counts["calibrated"] == counts["explicit"] > counts["fallback"]
+
+
 def test_predict_writes_every_format_for_a_folder(weights, photos, score_threshold, tmp_path, capsys):
     out = tmp_path / "out"
     summary = predict(PredictConfig(ckpt_path=str(weights), input=str(photos), output_dir=str(out),

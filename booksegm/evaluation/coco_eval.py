@@ -121,7 +121,7 @@ class CocoEvaluator:
         ]
 
     def compute(self) -> dict[str, float]:
-        keys = [f"{prefix}_{name}" for prefix in IOU_TYPES.values() for name in STAT_NAMES]
+        keys = [f"{prefix}_{name}" for prefix in IOU_TYPES.values() for name in STAT_NAMES] + ["mask_F1", "mask_F1_score"]
         self._evals = {}
         if not self._gts:
             log.warning(
@@ -146,7 +146,26 @@ class CocoEvaluator:
                 for name, value in zip(STAT_NAMES, coco_eval.stats[: len(STAT_NAMES)], strict=True):
                     # COCOeval reports -1 where there is nothing to measure (e.g. no large books).
                     results[f"{prefix}_{name}"] = float(value) if value > -1 else float("nan")
+        results["mask_F1"], results["mask_F1_score"] = self.best_f1()
         return results
+
+    def best_f1(self, iou: float = 0.5, kind: str = "segm") -> tuple[float, float]:
+        """The best F1 over score thresholds at one IoU, and the score that reaches it: the
+        confidence threshold that shows a model's real detections (matterport's
+        DETECTION_MIN_CONFIDENCE, calibrated). (nan, nan) when no detection matches."""
+        recall, precision = self.precision_recall(iou, kind)
+        coco_eval = self._evals[kind] if self._evals else None
+        if coco_eval is None or not np.isfinite(precision).any():
+            return float("nan"), float("nan")
+        params = coco_eval.params
+        t = int(np.flatnonzero(np.isclose(params.iouThrs, iou))[0])
+        a, m = params.areaRngLbl.index("all"), params.maxDets.index(100)
+        scores = coco_eval.eval["scores"][t, :, :, a, m].max(1)  # [recall]: the score reaching that recall
+        f1 = np.where(precision > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        best = int(np.argmax(f1))
+        if f1[best] <= 0:
+            return float("nan"), float("nan")
+        return float(f1[best]), float(scores[best])
 
     def precision_recall(self, iou: float, kind: str = "segm") -> tuple[np.ndarray, np.ndarray]:
         """The PR curve at one of COCO's IoU thresholds (0.5, 0.55, ..., 0.95).

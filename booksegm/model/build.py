@@ -2,18 +2,20 @@
 
 The layout is ``maskrcnn_resnet50_fpn``'s (ResNet + FPN, RPN, RoIAlign box and mask heads), or
 ``maskrcnn_resnet50_fpn_v2``'s for ``resnet50_v2``; what matterport exposes as Config attributes
-is passed through here (SPEC §2).
+is passed through here (the README's matterport table). The CPU profile shrinks the same layout
+(narrower FPN and heads, GroupNorm) without leaving it: still torchvision's ``MaskRCNN``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
-from torchvision.models import resnet
+from torchvision.models import mobilenetv3, resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
@@ -30,9 +32,14 @@ BACKBONES = {
     "resnet50_v2": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),  # maskrcnn_resnet50_fpn_v2 layout
     "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
     "resnext101_32x8d": (resnet.resnext101_32x8d, resnet.ResNeXt101_32X8D_Weights.IMAGENET1K_V1),
+    # the CPU profile's backbone: its stride 4..32 stages under the same FPN (torchvision's own
+    # fasterrcnn_mobilenet_v3_large_fpn taps only stride 32, too coarse for thin spines)
+    "mobilenet_v3_large": (mobilenetv3.mobilenet_v3_large, mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
+RESNET_STAGES = ("3+", "4+", "5+")  # staged-training layer groups that name ResNet stages
 V2_LAYOUTS = {"resnet50_v2"}  # BatchNorm in FPN and heads, 2-conv RPN head, 4-conv + 1-FC box head
 FPN_LEVELS = 5  # P2..P5 plus the max-pooled P6, as in maskrcnn_resnet50_fpn
+NORMS = ("batch", "group")
 
 
 @dataclass
@@ -59,6 +66,11 @@ class ModelConfig:
     backbone: str = "resnet50"  # BACKBONE; resnet50_v2 = torchvision's maskrcnn_resnet50_fpn_v2 layout
     weights: str = "none"  # none | coco | imagenet | last | <path to .pth/.ckpt>
     train_bn: bool = False  # TRAIN_BN: BatchNorm trained (True) or frozen (False); from scratch it is always trained
+    norm: str = "batch"  # batch: torchvision's layout (COCO/ImageNet-loadable) | group: GroupNorm everywhere (from scratch)
+    fpn_channels: int = 256  # TOP_DOWN_PYRAMID_SIZE: FPN width, shared by the RPN and the RoI heads
+    box_head_dim: int = 1024  # FPN_CLASSIF_FC_LAYERS_SIZE: width of the box head's two FC layers
+    mask_head_convs: int = 4  # 3x3 convs in the mask head before the upsampling (torchvision: 4)
+    mask_head_channels: int = 256  # their width (torchvision: 256)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # MEAN_PIXEL / 255
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -79,6 +91,10 @@ class ModelConfig:
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"model.backbone={self.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm={self.norm!r} is unknown; choose one of {list(NORMS)}")
+        if self.norm == "group" and self.weights in ("coco", "imagenet"):
+            raise ConfigError(f"model.weights={self.weights} has BatchNorm statistics; use it with model.norm=batch")
         self.anchors.validate()
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ConfigError("model.image_mean and model.image_std need 3 values each, std > 0")
@@ -88,7 +104,8 @@ class ModelConfig:
         for name in (
             "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
             "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "box_batch_size_per_image",
-            "box_detections_per_img", "pool_size", "mask_pool_size",
+            "box_detections_per_img", "pool_size", "mask_pool_size", "fpn_channels", "box_head_dim",
+            "mask_head_convs", "mask_head_channels",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -102,17 +119,42 @@ class PreResizedTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """ResNet + FPN with random weights (booksegm.model.weights loads pretrained ones)."""
-    # Frozen BN only makes sense with pretrained statistics; from scratch BN must learn.
-    frozen_bn = cfg.weights != "none" and not cfg.train_bn
-    body = BACKBONES[cfg.backbone][0](weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
-    # All layers trainable here: the staged schedule decides what trains (matterport `layers=`).
-    return _resnet_fpn_extractor(body, trainable_layers=5, norm_layer=heads_norm_layer(cfg))
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups ("Rethinking ImageNet Pre-training") of at least 2 channels:
+    the narrow CPU heads would otherwise normalise each channel alone."""
+    return nn.GroupNorm(math.gcd(32, max(1, channels // 2)), channels)
 
 
-def heads_norm_layer(cfg: ModelConfig) -> type[nn.Module] | None:
-    """The v2 layout puts BatchNorm in the FPN and the heads (always trained); v1 has none there."""
+def build_backbone(cfg: ModelConfig) -> BackboneWithFPN:
+    """ResNet or MobileNetV3 + FPN with random weights (booksegm.model.weights loads pretrained ones).
+    All layers are trainable here: the staged schedule decides what trains (matterport `layers=`)."""
+    if cfg.norm == "group":
+        body_norm = group_norm
+    else:  # frozen BN only makes sense with pretrained statistics; from scratch BN must learn
+        body_norm = FrozenBatchNorm2d if cfg.weights != "none" and not cfg.train_bn else nn.BatchNorm2d
+    constructor = BACKBONES[cfg.backbone][0]
+    if is_mobilenet(cfg.backbone):
+        body = constructor(weights=None, norm_layer=body_norm).features
+        # the output of each block that halves the resolution: strides 4, 8, 16 and 32
+        taps = [i for i, block in enumerate(body) if getattr(block, "_is_cn", False)]
+        return_layers = {str(i): str(level) for level, i in enumerate(taps)}
+        in_channels = [body[i].out_channels for i in taps]
+    else:  # as torchvision's _resnet_fpn_extractor, with the FPN width a knob
+        body = constructor(weights=None, norm_layer=body_norm)
+        stage_channels = body.inplanes // 8  # layer1's output width (64 for resnet18/34, 256 for resnet50+)
+        return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
+        in_channels = [stage_channels * 2**i for i in range(4)]
+    return BackboneWithFPN(body, return_layers, in_channels, cfg.fpn_channels, norm_layer=heads_norm_layer(cfg))
+
+
+def is_mobilenet(backbone: str) -> bool:
+    return backbone.startswith("mobilenet")
+
+
+def heads_norm_layer(cfg: ModelConfig):
+    """Normalisation in the FPN and the heads: none in v1, BatchNorm in v2, GroupNorm with norm=group."""
+    if cfg.norm == "group":
+        return group_norm
     return nn.BatchNorm2d if cfg.backbone in V2_LAYOUTS else None
 
 
@@ -123,16 +165,20 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
     anchor_generator = cfg.anchors.generator()
     channels = backbone.out_channels
     norm_layer = heads_norm_layer(cfg)
-    if norm_layer is None:
-        box_head = TwoMLPHead(channels * cfg.pool_size**2, 1024)
+    if cfg.backbone in V2_LAYOUTS:
+        box_head = FastRCNNConvFCHead(
+            (channels, cfg.pool_size, cfg.pool_size), [256] * 4, [cfg.box_head_dim], norm_layer=norm_layer
+        )
     else:
-        box_head = FastRCNNConvFCHead((channels, cfg.pool_size, cfg.pool_size), [256] * 4, [1024], norm_layer=norm_layer)
+        box_head = TwoMLPHead(channels * cfg.pool_size**2, cfg.box_head_dim)
+    mask_layers = [cfg.mask_head_channels] * cfg.mask_head_convs
     model = MaskRCNN(
         backbone,
         num_classes=None,  # the predictors are built below, from the pool sizes
         rpn_anchor_generator=anchor_generator,
         rpn_head=RPNHead(
-            channels, anchor_generator.num_anchors_per_location()[0], conv_depth=1 if norm_layer is None else 2
+            channels, anchor_generator.num_anchors_per_location()[0],
+            conv_depth=2 if cfg.backbone in V2_LAYOUTS else 1,
         ),
         rpn_nms_thresh=cfg.rpn_nms_thresh,
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
@@ -142,15 +188,15 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.pool_size, sampling_ratio=2),
         box_head=box_head,
-        box_predictor=FastRCNNPredictor(1024, num_classes),
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes),
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_positive_fraction=cfg.box_positive_fraction,
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_pool_size, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(channels, [256, 256, 256, 256], 1, norm_layer=norm_layer),
-        mask_predictor=MaskRCNNPredictor(256, 256, num_classes),
+        mask_head=MaskRCNNHeads(channels, mask_layers, 1, norm_layer=norm_layer),
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
     model.transform = PreResizedTransform(
         min_size=1, max_size=1, image_mean=list(cfg.image_mean), image_std=list(cfg.image_std)
@@ -167,6 +213,12 @@ def init_predictors(model: MaskRCNN) -> None:
     for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001), (mask_logits, 0.001)):
         nn.init.normal_(layer.weight, std=std)
         nn.init.zeros_(layer.bias)
+
+
+def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
+    """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
+    return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
+            and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -13,22 +13,23 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.evaluation.coco_eval import CocoEvaluator
 from booksegm.evaluation.visualize import draw_instances, make_grid
-from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet
 from booksegm.model.losses import validate_loss_weights, weighted_loss
 from booksegm.model.stages import StageConfig, validate_stages
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
 SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd (matterport's, with momentum)
-    lr: float = 4e-4  # LEARNING_RATE
+    lr: float = 1e-3  # LEARNING_RATE
     momentum: float = 0.9  # LEARNING_MOMENTUM (sgd)
     weight_decay: float = 0.05  # WEIGHT_DECAY
     decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
-    warmup_steps: int = 20  # linear LR warmup from warmup_factor * lr
+    warmup_steps: int = 50  # linear LR warmup from warmup_factor * lr
     warmup_factor: float = 0.001  # LR multiplier at step 0
     schedule: str = "cosine"  # after warmup: cosine (to 0) | step | constant
     step_milestones: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step: fractions of all steps
@@ -57,12 +58,18 @@ class BookSegmModule(pl.LightningModule):
         self.model_cfg = to_dataclass(ModelConfig, model)
         self.optim_cfg = to_dataclass(OptimConfig, optim)
         self.optim_cfg.validate()
+        resnet_stages = [s.layers for s in self.optim_cfg.stages or [] if s.layers in RESNET_STAGES]
+        if resnet_stages and is_mobilenet(self.model_cfg.backbone):
+            raise ConfigError(f"train.stages layers {resnet_stages} name ResNet stages; "
+                              f"model.backbone={self.model_cfg.backbone} trains with layers heads or all")
         self.class_names = list(class_names)
         self.model = build_maskrcnn(self.model_cfg, num_classes=1 + len(self.class_names))
         self.evaluator = CocoEvaluator(self.class_names)
         self._val_pictures: list[np.ndarray] = []
-        self.val_history: list[dict[str, float]] = []  # one entry per validation: epoch and metrics
+        self.val_history: list[dict[str, float]] = []  # one entry per validation: epoch, step and metrics
         self.stage: StageConfig | None = None  # the training stage in force, set by StagedTraining
+        # the score with the best validation F1 (mask IoU 0.5), saved in checkpoints: predict's default threshold
+        self.score_threshold: float | None = None
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(list(images))
@@ -93,11 +100,21 @@ class BookSegmModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics = {f"val/{k}": v for k, v in self.evaluator.compute().items()}
         self.log_dict(metrics)
+        if math.isfinite(metrics["val/mask_F1_score"]):
+            self.score_threshold = metrics["val/mask_F1_score"]
         if not self.trainer.sanity_checking:
-            self.val_history.append({"epoch": self.current_epoch, **{k: float(v) for k, v in metrics.items()}})
+            self.val_history.append(
+                {"epoch": self.current_epoch, "step": self.global_step, **{k: float(v) for k, v in metrics.items()}}
+            )
         if self._val_pictures and isinstance(self.logger, TensorBoardLogger):
             grid = make_grid(self._val_pictures, ncols=2)
             self.logger.experiment.add_image("val/predictions", grid, self.global_step, dataformats="HWC")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[SCORE_THRESHOLD_KEY] = self.score_threshold
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.score_threshold = checkpoint.get(SCORE_THRESHOLD_KEY)
 
     def configure_optimizers(self):
         # One optimizer and schedule per training stage, as matterport compiles a new optimizer for

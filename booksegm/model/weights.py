@@ -16,7 +16,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from booksegm.config import ConfigError
-from booksegm.model.build import BACKBONES
+from booksegm.model.build import BACKBONES, is_mobilenet
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,11 @@ def load_initial_weights(model: nn.Module, spec: str, backbone: str, runs_root: 
         return
     if spec == "imagenet":
         body_state = fetch_state_dict(BACKBONES[backbone][1])
-        body_state = {k: v for k, v in body_state.items() if not k.startswith("fc.")}  # classifier unused
-        model.backbone.body.load_state_dict(body_state, strict=True)
+        if is_mobilenet(backbone):  # the body is the network's `features`
+            body_state = {k.removeprefix("features."): v for k, v in body_state.items()}
+        # the classifier, and MobileNet's blocks after its last FPN tap, are not in the body
+        own = model.backbone.body.state_dict()
+        model.backbone.body.load_state_dict({k: v for k, v in body_state.items() if k in own}, strict=True)
         log.info("weights: ImageNet %s backbone", backbone)
         return
     if spec == "coco":

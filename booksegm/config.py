@@ -6,12 +6,18 @@ OmegaConf's one-line message before any work starts.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+
+# Run folders are named by the second a run started plus this random suffix (conf/hydra/default.yaml):
+# two runs started in the same second must not share a folder, or their checkpoints, logs and
+# metrics.json overwrite each other. Cached: the name resolves to the same folder all run long.
+OmegaConf.register_new_resolver("run_suffix", lambda: secrets.token_hex(3), use_cache=True, replace=True)
 
 
 class ConfigError(ValueError):

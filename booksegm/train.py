@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.records import AnnotationError
+from booksegm.inference import CheckpointError, read_torch_file
 from booksegm.model.build import ModelConfig
 from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining
@@ -33,7 +34,7 @@ from booksegm.model.weights import WeightsUnavailableError, load_initial_weights
 log = logging.getLogger(__name__)
 
 # Errors that mean "the user's input is wrong": reported in one line, not as a traceback.
-USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError)
+USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError, CheckpointError)
 
 OmegaConf.register_new_resolver(
     "auto_precision", lambda: "16-mixed" if torch.cuda.is_available() else "32-true", replace=True
@@ -59,12 +60,15 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     try:
+        if cfg.get("ckpt_path"):  # a wrong path fails now, in one line, not after data and model are built
+            read_torch_file(Path(cfg.ckpt_path).expanduser())
         datamodule, module = build(cfg)
         staging = build_staging(module, datamodule)
     except USER_ERRORS as err:
         fail(err)
 
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    # an experiment turns a default callback off by setting it to null (callbacks.ema: null)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     staged = {}
     if staging is not None:  # the stages set the epochs

@@ -14,6 +14,9 @@ from booksegm.data.synthetic import (
     draw,
     generate_dataset,
     leaves_books_whole,
+    new_scene,
+    photograph,
+    rectangle,
     render_scene,
     signed_area,
     visible_outline,
@@ -144,3 +147,24 @@ def test_read_via_reads_the_polygons_back(dataset):
             expected = np.column_stack([shape["all_points_x"], shape["all_points_y"]]).astype(np.float32)
             assert instance.label == 1 and len(instance.polygons) == 1
             np.testing.assert_allclose(instance.polygons[0], expected, atol=1e-4)
+
+
+def test_the_plain_style_drops_light_noise_and_shadows_but_keeps_the_camera():
+    canvas = np.full((140, 180, 3), 100.0, np.float32)
+    plain, plain_map = photograph(np.random.default_rng(3), canvas.copy(), 160, 120, plain=True)
+    photo, photo_map = photograph(np.random.default_rng(3), canvas.copy(), 160, 120)
+    np.testing.assert_array_equal(plain_map, photo_map)  # the same random draws: the same view
+    assert np.all(plain == 100) and photo.std() > 1.0  # no light falloff, colour cast or sensor noise
+
+    shaded = {}
+    for style in (False, True):
+        scene = new_scene(np.random.default_rng(4), 60, 60, plain=style)
+        scene.image[:] = 200.0
+        draw(scene, Item(rectangle(20, 20, 30, 40), [(rectangle(20, 20, 30, 40), np.array([50.0, 50.0, 50.0]))]))
+        shaded[style] = int((scene.image[..., 0] < 199).sum())
+    assert shaded[True] == 10 * 20 < shaded[False]  # the book alone, without its shadow
+
+
+def test_an_unknown_style_is_refused():
+    with pytest.raises(ValueError, match="style 'cartoon'"):
+        render_scene(np.random.default_rng(0), 64, 48, style="cartoon")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -26,7 +28,8 @@ TINY = [
     "model.backbone=resnet18", "model.rpn_pre_nms_top_n_train=100", "model.rpn_post_nms_top_n_train=50",
     "model.rpn_pre_nms_top_n_test=50", "model.rpn_post_nms_top_n_test=20", "model.box_batch_size_per_image=16",
     "model.box_detections_per_img=10",
-    "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
     "train.warmup_steps=1",
 ]
 
@@ -60,6 +63,12 @@ def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tmp_path
     assert len(events.Scalars("train/loss")) == 3  # one per step
     assert "val/predictions" in events.Tags()["images"]
 
+    # the weight EMA is on by default: the checkpoint's model is the average, the live weights ride along
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"].keys() == ckpt["current_model_state"].keys()
+    assert any(not torch.equal(ckpt["state_dict"][k], ckpt["current_model_state"][k]) for k in ckpt["state_dict"])
+    assert ckpt["score_threshold"] is None or 0.0 <= ckpt["score_threshold"] <= 1.0
+
     # the synthetic set was rendered into the cache once and is reused
     assert (tmp_path / "cache").is_dir()
 
@@ -72,6 +81,31 @@ def test_a_bad_config_value_fails_in_one_line_before_training(tmp_path):
     assert not (tmp_path / "outputs" / "train" / "runs").exists() or not list(
         (tmp_path / "outputs" / "train" / "runs").rglob("*.ckpt")
     )
+
+
+def test_two_runs_started_together_get_their_own_folders(tmp_path):
+    """Run folders carry a random suffix after the second they started: runs launched at the same
+    moment (a grid of jobs, two terminals) never write into one folder."""
+    env = {**os.environ, "BOOKSEGM_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "0"}
+    # a bad value stops each run right after Hydra made its folder: quick, and enough to see the names
+    launches = [subprocess.Popen([sys.executable, "-m", "booksegm.train", "model.anchors.sizes=[1]"], cwd=tmp_path,
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in launches] == [1, 1]
+    folders = sorted(p.name for p in (tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(folders) == 2, folders
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}-[0-9a-f]{6}", name) for name in folders), folders
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such checkpoint file"),
+                                              ("not a checkpoint", "not a readable PyTorch checkpoint")])
+def test_a_bad_resume_checkpoint_fails_in_one_line_before_anything_is_built(tmp_path, content, message):
+    ckpt = tmp_path / "given.ckpt"
+    if content is not None:
+        ckpt.write_text(content)
+    result = run_train(tmp_path, f"ckpt_path={ckpt}")
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # the synthetic set was not even rendered
 
 
 def test_an_unknown_config_key_is_named(tmp_path):

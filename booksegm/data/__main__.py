@@ -1,6 +1,6 @@
 """Data tools: ``python -m booksegm.data SUBCOMMAND ...``.
 
-    python -m booksegm.data synth OUT_DIR --num-images 300 --seed 0 [--width 320 --height 240]
+    python -m booksegm.data synth OUT_DIR --num-images 300 --seed 0 [--width 320 --height 240 --style plain]
     python -m booksegm.data check ANNOTATIONS [--images DIR] [--json]   # exit 0 usable, 1 not, 2 bad file
     python -m booksegm.data convert SRC DST --to via|coco [--from via|coco|yolo]
 
@@ -14,12 +14,16 @@ import json
 import sys
 import time
 
+from booksegm.data.synthetic import STYLES
+
 
 def synth(args: argparse.Namespace) -> int:
     from booksegm.data.synthetic import generate_dataset
 
     start = time.perf_counter()
-    json_path = generate_dataset(args.out_dir, args.num_images, seed=args.seed, width=args.width, height=args.height)
+    json_path = generate_dataset(
+        args.out_dir, args.num_images, seed=args.seed, width=args.width, height=args.height, style=args.style
+    )
     seconds = time.perf_counter() - start
     print(json_path)
     print(f"{args.num_images} images in {seconds:.1f} s ({args.num_images / max(seconds, 1e-9):.1f} images/s)")
@@ -97,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
+    p.add_argument("--style", choices=STYLES, default="photo",
+                   help="plain: the same scenes without light, shadows, blur, noise or vases and mugs")
     p.set_defaults(run=synth)
 
     p = commands.add_parser("check", help="report what an annotation file holds and what is missing or skipped")

@@ -18,6 +18,7 @@ from booksegm.data.formats.common import UNKNOWN_CLASS_POLICIES
 from booksegm.data.images import ImageReadError, image_size
 from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, cap_instances
 from booksegm.data.resize import ResizeConfig
+from booksegm.data.synthetic import STYLES, generate_dataset
 from booksegm.data.transforms import AugmentConfig, build_augmentation
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class SyntheticConfig:
     width: int = 320  # rendered image width, pixels
     height: int = 240  # rendered image height, pixels
     seed: int = 0  # the same seed renders the same images
+    style: str = "photo"  # photo | plain: the same scenes without light, shadows, blur, noise or vases (ablation)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class DataConfig:
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"data.format={self.format!r} is unknown; choose one of {list(FORMATS)}")
+        if self.synthetic.style not in STYLES:
+            raise ConfigError(f"data.synthetic.style={self.synthetic.style!r} is unknown; choose one of {list(STYLES)}")
         if self.on_unknown_class not in UNKNOWN_CLASS_POLICIES:
             raise ConfigError(f"data.on_unknown_class must be one of {list(UNKNOWN_CLASS_POLICIES)}, got {self.on_unknown_class!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -100,12 +104,10 @@ class BookDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.cfg.format == "synthetic":
-            from booksegm.data.synthetic import generate_dataset
-
             if not (self.root / "via_region_data.json").exists():
                 s = self.cfg.synthetic
                 log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, self.root)
-                generate_dataset(self.root, s.num_images, seed=s.seed, width=s.width, height=s.height)
+                generate_dataset(self.root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:

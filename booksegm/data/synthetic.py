@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 SCENE_KINDS = ("shelf", "table", "empty")
+STYLES = ("photo", "plain")  # plain: the same scenes without light, shadows, blur, noise or vases and mugs
 SCENE_WEIGHTS = (0.57, 0.38, 0.05)
 MAX_SHELF_BOOKS = 32  # real shelves hold more; the set aims at roughly 3-25 books per photo
 MIN_LABEL_AREA = 0.0006  # share of the photo below which a visible book is not labelled
@@ -347,21 +348,24 @@ class Scene:
     shadow_offset: np.ndarray  # where items throw their shadow (light from above)
     shadow_blur: float
     shadow_strength: float
+    plain: bool = False  # the "plain" style: no shadows, distractors or camera effects
     outlines: list = field(default_factory=list)  # every item drawn, back to front
     boxes: list = field(default_factory=list)
     is_book: list = field(default_factory=list)
 
 
-def new_scene(rng, height: int, width: int) -> Scene:
+def new_scene(rng, height: int, width: int, plain: bool = False) -> Scene:
     angle = rng.uniform(0.15, 0.85) * np.pi
     offset = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(0.004, 0.025) * height
     return Scene(
         image=np.zeros((height, width, 3), np.float32), shadow_offset=offset,
-        shadow_blur=rng.uniform(0.008, 0.025) * height, shadow_strength=rng.uniform(0.2, 0.5),
+        shadow_blur=rng.uniform(0.008, 0.025) * height, shadow_strength=rng.uniform(0.2, 0.5), plain=plain,
     )
 
 
 def cast_shadow(scene: Scene, outline: np.ndarray) -> None:
+    if scene.plain:
+        return
     shifted = outline + scene.shadow_offset
     box = clipped_box(shifted, scene.image.shape, pad=int(3 * scene.shadow_blur) + 1)
     if box is None:
@@ -590,7 +594,7 @@ def build_shelves(rng, scene: Scene, with_books: bool) -> None:
             radius = (pitch - board) * rng.uniform(0.06, 0.15)
             base = np.array([rng.uniform(left + radius, right - radius), floor + radius * 0.1])
             vase = cylinder_item(rng, base, radius, (pitch - board) * rng.uniform(0.2, 0.55))
-            if leaves_books_whole(scene, vase.outline):
+            if leaves_books_whole(scene, vase.outline) and not scene.plain:
                 draw(scene, vase)
 
 
@@ -635,7 +639,7 @@ def build_table(rng, scene: Scene, with_books: bool) -> None:
         base = rng.uniform((0.1 * width, max(horizon, 0) + 0.2 * height), (0.9 * width, height))
         scale = pixels_per_unit(plane_to_image, map_points(image_to_plane, base[None])[0])
         mug = cylinder_item(rng, base, scale * rng.uniform(0.03, 0.06), scale * rng.uniform(0.08, 0.14))
-        if leaves_books_whole(scene, mug.outline):
+        if leaves_books_whole(scene, mug.outline) and not scene.plain:
             draw(scene, mug)
 
 
@@ -653,8 +657,9 @@ def pixels_per_unit(plane_to_image: np.ndarray, uv: np.ndarray) -> float:
 # ---------------------------------------------------------------- camera
 
 
-def photograph(rng, canvas: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Take a photo of the canvas: a slightly tilted camera, uneven light, blur and sensor noise.
+def photograph(rng, canvas: np.ndarray, width: int, height: int, plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Take a photo of the canvas: a slightly tilted camera, uneven light, blur and sensor noise
+    (``plain``: the tilt alone; the random draws are the same, so the scenes are too).
     Returns the uint8 photo and the 3x3 map from canvas to photo coordinates."""
     margin = (np.array(canvas.shape[1::-1]) - (width, height)) / 2
     photo_corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
@@ -670,15 +675,18 @@ def photograph(rng, canvas: np.ndarray, width: int, height: int) -> tuple[np.nda
     angle = rng.uniform(0, 2 * np.pi)
     light = 1 + rng.uniform(0, 0.7) * (np.cos(angle) * across[None, :] + np.sin(angle) * down[:, None])
     light *= 1 - rng.uniform(0, 0.8) * (across[None, :] ** 2 + down[:, None] ** 2)  # vignetting
-    photo *= light[..., None] * (rng.uniform(0.7, 1.2) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)
-    if rng.random() < 0.7:
-        photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.1))
-    photo += rng.standard_normal(photo.shape, dtype=np.float32) * rng.uniform(1, 5)
+    cast = (rng.uniform(0.7, 1.2) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)
+    blur = rng.uniform(0.3, 1.1) if rng.random() < 0.7 else 0.0
+    noise = rng.standard_normal(photo.shape, dtype=np.float32) * rng.uniform(1, 5)
+    if not plain:
+        photo *= light[..., None] * cast
+        photo = cv2.GaussianBlur(photo, (0, 0), blur) if blur else photo
+        photo += noise
     return np.clip(photo + 0.5, 0, 255).astype(np.uint8), to_photo
 
 
 def render_scene(
-    rng: np.random.Generator, width: int, height: int, kind: str | None = None
+    rng: np.random.Generator, width: int, height: int, kind: str | None = None, style: str = "photo"
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """RGB uint8 HxWx3 image and one (N,2) float32 polygon (x, y pixel coords) per visible book.
 
@@ -690,12 +698,14 @@ def render_scene(
     if kind not in SCENE_KINDS:
         raise ValueError(f"scene kind {kind!r} is not one of {SCENE_KINDS}")
     margin = round(0.1 * max(width, height))  # room for the camera tilt
-    scene = new_scene(rng, height + 2 * margin, width + 2 * margin)
+    if style not in STYLES:
+        raise ValueError(f"style {style!r} is not one of {STYLES}")
+    scene = new_scene(rng, height + 2 * margin, width + 2 * margin, plain=style == "plain")
     if kind == "shelf" or (kind == "empty" and rng.random() < 0.5):
         build_shelves(rng, scene, with_books=kind != "empty")
     else:
         build_table(rng, scene, with_books=kind != "empty")
-    photo, to_photo = photograph(rng, scene.image, width, height)
+    photo, to_photo = photograph(rng, scene.image, width, height, plain=scene.plain)
     return photo, book_polygons(scene, to_photo, width, height)
 
 
@@ -741,7 +751,8 @@ def via_entry(filename: str, size: int, polygons: list[np.ndarray]) -> dict:
 
 
 def generate_dataset(
-    out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True
+    out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
+    style: str = "photo",
 ) -> Path:
     """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92) and out_dir/via_region_data.json;
     return the JSON path. Deterministic for a seed (same bytes for same args). Shows a tqdm bar when progress."""
@@ -752,7 +763,7 @@ def generate_dataset(
     image_dir.mkdir(parents=True, exist_ok=True)
     annotations = {}
     for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
-        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height)
+        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         name = f"synth_{index:05d}.jpg"

@@ -21,14 +21,18 @@ class AugmentConfig:
     vflip: float = 0.5  # probability of an up-down flip (the seed's Flipud)
     rotate_p: float = 0.5  # probability of a rotation (the seed's Affine rotate)
     rotate_limit: float = 15.0  # largest rotation, degrees either way
+    scale_p: float = 0.0  # probability of a random zoom (scale jitter)
+    scale_limit: float = 0.0  # zoom factor drawn from [1 - limit, 1 + limit]
     photometric_p: float = 0.3  # probability of brightness/contrast jitter
 
     def validate(self) -> None:
-        for name in ("hflip", "vflip", "rotate_p", "photometric_p"):
+        for name in ("hflip", "vflip", "rotate_p", "scale_p", "photometric_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.rotate_limit <= 180.0:
             raise ConfigError(f"data.augment.rotate_limit must be in [0, 180] degrees, got {self.rotate_limit}")
+        if not 0.0 <= self.scale_limit < 1.0:
+            raise ConfigError(f"data.augment.scale_limit must be in [0, 1), got {self.scale_limit}")
 
 
 def build_augmentation(cfg: AugmentConfig) -> A.Compose:
@@ -37,6 +41,7 @@ def build_augmentation(cfg: AugmentConfig) -> A.Compose:
             A.HorizontalFlip(p=cfg.hflip),
             A.VerticalFlip(p=cfg.vflip),
             A.Rotate(limit=cfg.rotate_limit, border_mode=cv2.BORDER_CONSTANT, fill=0, p=cfg.rotate_p),
+            A.Affine(scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit), border_mode=cv2.BORDER_CONSTANT, fill=0, p=cfg.scale_p),
             A.RandomBrightnessContrast(p=cfg.photometric_p),
         ],
         # vertices leaving the frame must stay: the polygon is clipped when rasterised

@@ -27,3 +27,21 @@ def test_booksegm_side_trains_with_the_plain_loops_optimizer():
     # whatever the training default (AdamW) is
     _, optim = model_settings(argparse.Namespace(backbone="resnet18"))
     assert type(build_optimizer(torch.nn.Linear(2, 2), optim, optim.lr)) is torch.optim.SGD
+
+
+def test_accuracy_bench_trains_each_recipe_and_prints_them_side_by_side(tmp_path, capsys, monkeypatch):
+    from test_train import TINY  # the tiny synthetic training run's overrides
+
+    monkeypatch.setenv("BOOKSEGM_ROOT", str(tmp_path))
+    out = tmp_path / "bench"
+    code = main(["accuracy", "--recipe", "tiny=train.lr=0.002", "--recipe", "broken=model.norm=layer",
+                 "--max-steps", "3", "--out", str(out), *TINY])
+    printed = capsys.readouterr().out
+    assert code == 1  # one recipe failed: the exit status says so
+    assert re.search(r"^tiny +[\d.]+ +[\d.]+ +[\d.]+ +3 +\d+ s +ok$", printed, re.M), printed
+    assert re.search(r"^broken +- +- +- +- +\d+ s +failed: exit code [1-9]$", printed, re.M), printed
+    assert (out / "tiny" / "metrics.json").is_file() and (out / "learning_curve.png").is_file()
+
+    assert main(["curves", f"tiny={out / 'tiny'}", "--out", str(tmp_path / "curve.png")]) == 0
+    assert re.search(r"^tiny: [\d.]+ min 0\.\d{4}$", capsys.readouterr().out, re.M)
+    assert (tmp_path / "curve.png").stat().st_size > 0

@@ -1,7 +1,8 @@
-"""Benchmarks: ``python -m booksegm.bench [--steps 20 --image-size 256 ...]``.
+"""Benchmarks: ``python -m booksegm.bench [speed] [--steps 20 --image-size 256 ...]`` and
+``python -m booksegm.bench accuracy|curves`` (booksegm.bench.accuracy: recipes trained side by side).
 
-Prints figures, asserts nothing. In one process, on the same synthetic data, model layout and
-hyperparameters, it times:
+Prints figures, asserts nothing. The speed benchmark, in one process, on the same synthetic data,
+model layout and hyperparameters, times:
 
   synth     rendering the synthetic set (images/s)
   data      the training DataLoader with augmentation and rasterisation (images/s)
@@ -204,7 +205,12 @@ def report_train(name: str, times: list[float], losses: list[float], batch_size:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["accuracy"], ["curves"]):
+        from booksegm.bench import accuracy
+
+        return (accuracy.main if argv[0] == "accuracy" else accuracy.curves_main)(argv[1:])
+    args = parse_args(argv[1:] if argv[:1] == ["speed"] else argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if args.amp and device.type != "cuda":

@@ -116,7 +116,7 @@ def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: Pat
     ax.set(xlabel="training time (min)", ylabel="validation mask AP", title="Learning curves")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="center right", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

@@ -18,8 +18,8 @@ from booksegm.model.losses import validate_loss_weights, weighted_loss
 from booksegm.model.stages import StageConfig, validate_stages
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
 SCHEDULES = ("cosine", "step", "constant")
+SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
 
 
 @dataclass

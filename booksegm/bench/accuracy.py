@@ -128,8 +128,10 @@ def curves_main(argv: list[str]) -> int:
     parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
     parser.add_argument("--out", type=Path, default=Path("learning_curve.png"))
     args = parser.parse_args(argv)
-    named = [parse_recipe(text) for text in args.runs]
-    curves = {name: learning_curve(Path(" ".join(parts))) for name, parts in named}
+    named = [text.partition("=") for text in args.runs]
+    if any(not name or not sep for name, sep, _ in named):
+        parser.error("each run is NAME=RUN_DIR")
+    curves = {name: learning_curve(Path(run_dir)) for name, _, run_dir in named}
     for name, points in curves.items():
         print(f"{name}: " + (", ".join(f"{m:.1f} min {ap:.4f}" for m, ap in points) or "no validation logged"))
     print(f"learning curves: {plot_learning_curves(curves, args.out)}")

@@ -131,7 +131,7 @@ def format_table(report: EvaluationReport, settings: EvaluateConfig, out: Path) 
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg, list(HydraConfig.get().overrides.task))

@@ -288,7 +288,7 @@ def export(settings: ExportConfig) -> Parity:
     return parity
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     try:
         export(read_settings(ExportConfig, cfg))

@@ -350,7 +350,7 @@ def report(summary: PredictSummary, out: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     try:
         predict(read_settings(PredictConfig, cfg))

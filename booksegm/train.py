@@ -128,7 +128,7 @@ def report(trainer: pl.Trainer, metrics: dict[str, float], cfg: DictConfig) -> N
     print(f"tensorboard --logdir {Path(cfg.paths.output_dir) / 'tensorboard'}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the run's best ``optimized_metric``: what Hydra sweepers (Optuna) optimise."""
     return train(cfg)["best"].get(cfg.optimized_metric)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 from booksegm.data.__main__ import main
 from booksegm.data.check import summarize
+from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.formats import load_annotations
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -43,7 +45,9 @@ def test_report_counts_images_regions_and_box_percentiles(tmp_path, capsys):
     report = json.loads(out)
     assert status == 0 and report["usable"] and report["flavour"] == "via2"
     assert report["images"] == {"listed": 4, "found": 3, "missing": 1, "unreadable": 1, "without_regions": 1}
-    assert report["regions"] == {"total": 5, "by_shape": {"rect": 5}, "used": 5, "skipped": {}, "repaired": {}}
+    assert report["regions"] == {"total": 5, "by_shape": {"rect": 5}, "used": 5, "skipped": {}, "repaired": {},
+                                 "assumed": {"no class, taken as book": 5}}
+    assert report["errors"] == []
     assert report["classes"] == {"book": 5}
     # widths 10, 20, 30, 5, 5 and heights twice those but 5, 5: every used instance counts
     assert report["boxes"]["width"] == {"p5": 5, "p50": 10, "p95": 28}
@@ -58,6 +62,7 @@ def test_text_report(tmp_path, capsys):
     assert "via.json: VIA 2.x export (via2)" in out
     assert "images   4 listed, 3 found, 1 missing, 1 unreadable, 1 without regions" in out
     assert "regions  5 (rect 5)" in out and "verdict  usable" in out
+    assert "used     5\n         5  no class, taken as book" in out
     assert "missing:\n    missing.png" in out
 
 
@@ -69,6 +74,34 @@ def test_nothing_usable_exits_1_and_an_unreadable_file_exits_2(tmp_path, capsys)
     (tmp_path / "bad.json").write_text("{")
     assert main(["check", str(tmp_path / "bad.json")]) == 2
     assert "bad.json: invalid JSON at line 1 column 2" in capsys.readouterr().err
+
+
+def test_every_problem_in_a_file_is_listed_and_exits_2(tmp_path, capsys):
+    for name in ("a.png", "c.png"):
+        Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / name)
+    strings = {"name": "polygon", "all_points_x": ["10", "20", "30"], "all_points_y": [10, 10, 30]}
+    data = {"a": {"filename": "a.png", "regions": [{"shape_attributes": {"name": "rect", "x": 1, "y": 1}}]},
+            "b": {"filename": "b.png", "regions": [rect_region(0, 0, 5, 5)]},
+            "c": {"filename": "c.png", "regions": [rect_region(0, 0, 5, 5), {"shape_attributes": strings}]}}
+    (tmp_path / "via.json").write_text(json.dumps(data))
+    status, out = run_check(capsys, tmp_path / "via.json")
+    assert status == 2
+    assert "errors   2\n" in out and "missing:\n    b.png" in out
+    assert "image 'a.png', region 0: a rect needs x, y, width, height; 'width' is missing" in out
+    assert "image 'c.png', region 1: polygon coordinate must be a number, got '10'" in out
+    assert "verdict  2 ERRORS" in out
+    status, out = run_check(capsys, tmp_path / "via.json", "--json")
+    report = json.loads(out)
+    assert status == 2 and len(report["errors"]) == 2 and report["missing_files"] == ["b.png"]
+    assert report["regions"]["used"] == 2
+
+
+def test_training_logs_the_regions_taken_as_the_single_class(tmp_path, caplog):
+    write_set(tmp_path)
+    module = BookDataModule(DataConfig(format="via", root=str(tmp_path), annotations="via.json", val_fraction=0.0))
+    with caplog.at_level(logging.INFO, logger="booksegm.data.datamodule"):
+        module.setup()
+    assert "used     5\n         5  no class, taken as book" in caplog.text
 
 
 def test_header_only_check_as_training_does_at_start_up(tmp_path):

@@ -92,6 +92,9 @@ def test_yolo_names_as_a_mapping_and_unknown_names(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ("0 0.1 abc 0.5 0.1 0.5 0.6", r"line 1: expected numbers 'class_id x1 y1 x2 y2 \.\.\.'"),
+    ("0 0.1 0.1 0.5 0.1 0.5 nan", r"line 1: expected numbers 'class_id x1 y1 x2 y2 \.\.\.'"),
+    ("0 0.1 0.1 0.5 0.1 0.5 0.6_0", r"line 1: expected numbers"),  # float() reads these; no YOLO tool writes them
+    ("0 0.1 0.1 0.5 0.1 0.5 \u0660.6", r"line 1: expected numbers"),
     ("0 0.1 0.1 0.5 0.1 0.5", r"line 1: expected x y pairs of finite numbers after the class id, got 5 numbers"),
     ("0.5 0.1 0.1 0.5 0.1 0.5 0.6", r"line 1: class id must be a whole number >= 0, got '0\.5'"),
     ("3 0.1 0.1 0.5 0.1 0.5 0.6", r"line 1: class id 3, but data\.yaml names 1 classes"),
@@ -100,6 +103,17 @@ def test_yolo_bad_lines_name_file_and_line(tmp_path, line, message):
     split = yolo_split(tmp_path, {"a": line}, names=["book"])
     with pytest.raises(AnnotationError, match=r"labels/a\.txt: " + message):
         read_yolo(split)
+
+
+def test_yolo_every_bad_line_is_collected(tmp_path):
+    split = yolo_split(tmp_path, {"a": "0 0.1 0.1 0.5 0.1 0.5 0.6\n0 x\n", "b": "\n\n0 0.1 0.1 0.5\n"},
+                       images=("a.png", "b.png"))
+    annotations = read_yolo(split, collect_errors=True)
+    assert [e.split("labels/")[1] for e in annotations.errors] == [
+        "a.txt: line 2: expected numbers 'class_id x1 y1 x2 y2 ...', got '0 x'",
+        "b.txt: line 3: expected x y pairs of finite numbers after the class id, got 3 numbers",
+    ]
+    assert annotations.num_instances == 1
 
 
 def test_a_yolo_dataset_root_names_its_splits(tmp_path):
@@ -181,7 +195,11 @@ def test_coco_stated_size_clips_even_without_the_image(tmp_path):
 @pytest.mark.parametrize("annotation, message", [
     ({"category_id": 3, "segmentation": [[0, 0, 9, 0, 9, 9]]}, r"category_id 3 is not in 'categories'"),
     ({"segmentation": [[0, 0, 9, 0, 9]]}, r"a polygon needs x, y pairs, got 5 numbers"),
-    ({"segmentation": [[0, 0, "a", 0, 9, 9]]}, r"polygon holds something that is not a number"),
+    ({"segmentation": [[0, 0, "a", 0, 9, 9]]}, r"polygon coordinate must be a number, got 'a'"),
+    ({"segmentation": [[0, 0, "9", 0, 9, 9]]}, r"polygon coordinate must be a number, got '9'"),
+    ({"segmentation": [[0, 0, 9, 0, 9, 1e8]]}, r"polygon coordinate must be a finite pixel coordinate, got 100000000\.0"),
+    ({"segmentation": None, "bbox": [1, 2, True, 4]}, r"bbox coordinate must be a number, got True"),
+    ({"segmentation": None, "bbox": [1, None, 3, 4]}, r"bbox coordinate must be a number, got None"),
     ({"segmentation": None, "bbox": [1, 2]}, r"no segmentation, and 'bbox' is not \[x, y, width, height\]"),
     ({"segmentation": {"size": [60, 80], "counts": [10, 20]}}, r"RLE counts cover 30 pixels, but 'size' \[60, 80\]"),
     ({"segmentation": {"size": [60, 80], "counts": "Xn"}}, r"the RLE 'counts' string ends in the middle of a number"),
@@ -190,6 +208,28 @@ def test_coco_stated_size_clips_even_without_the_image(tmp_path):
 def test_coco_bad_annotations_name_the_annotation(tmp_path, annotation, message):
     with pytest.raises(AnnotationError, match=r"instances\.json: annotation 1 of 'a\.png': " + message):
         read_coco(coco_file(tmp_path, [annotation]))
+
+
+def test_coco_every_bad_annotation_is_collected(tmp_path):
+    path = coco_file(tmp_path, [{"segmentation": [[0, 0, "9", 0, 9, 9]]}, {"segmentation": [[0, 0, 9, 0, 9, 9]]},
+                                {"segmentation": [[0, 0, 9, 0, 9]]}])
+    data = json.loads(path.read_text())
+    data["annotations"].append({"id": 4, "image_id": 9, "category_id": 7, "segmentation": []})
+    path.write_text(json.dumps(data))
+    annotations = read_coco(path, collect_errors=True)
+    assert [e.split("instances.json: ")[1] for e in annotations.errors] == [
+        "annotation 4: image_id 9 is not in 'images'",
+        "annotation 1 of 'a.png': polygon coordinate must be a number, got '9'",
+        "annotation 3 of 'a.png': a polygon needs x, y pairs, got 5 numbers",
+    ]
+    assert annotations.num_instances == 1
+    with pytest.raises(AnnotationError, match=r"annotation 4: .* \(and 2 more: "):
+        load_annotations(path)
+
+
+def test_coco_category_without_a_name_is_counted_as_taken_as_the_single_class(tmp_path):
+    path = coco_file(tmp_path, [{"segmentation": [[0, 0, 9, 0, 9, 9]]}], categories=[{"id": 7, "name": ""}])
+    assert read_coco(path).assumed == {"no class, taken as book": 1}
 
 
 def test_coco_structural_errors(tmp_path):
@@ -261,6 +301,9 @@ def test_convert_command(tmp_path, capsys):
     path = coco_file(tmp_path, [{"segmentation": [[10, 10, 30, 10, 30, 30]]}])
     assert main(["convert", str(path), str(tmp_path / "via.json"), "--to", "via"]) == 0
     assert "via.json: 1 images, 1 instances (via)" in capsys.readouterr().out
+    nameless = coco_file(tmp_path, [{"segmentation": [[10, 10, 30, 10, 30, 30]]}], categories=[{"id": 7}])
+    assert main(["convert", str(nameless), str(tmp_path / "via.json"), "--to", "via"]) == 0
+    assert "  no class, taken as book: 1" in capsys.readouterr().out
     assert main(["convert", str(tmp_path / "none.json"), str(tmp_path / "x.json"), "--to", "coco"]) == 2
     assert "none.json: not found" in capsys.readouterr().err
 

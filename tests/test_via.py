@@ -290,6 +290,18 @@ def test_empty_attributes_mean_the_single_class_but_not_one_of_several(tmp_path)
         read_one(tmp_path, region(rect(0, 0, 9, 9)), class_map=ClassMap(["book", "shelf"]))
 
 
+def test_regions_without_a_class_taken_as_the_single_class_are_counted(tmp_path):
+    box = rect(0, 0, 9, 9)
+    annotations, instances = read_one(
+        tmp_path, region(box), region(box, name=""), region(box, name="book"), region(box, name={"book": False}),
+        region(rect(300, 0, 9, 9)),  # no class but outside the image: skipped, not taken as a book
+    )
+    assert len(instances) == 4 and annotations.skipped == {"outside the image": 1}
+    assert annotations.assumed == {"no class, taken as book": 3}
+    annotations, _ = read_one(tmp_path, region(box), class_map=ClassMap(["spine"]))
+    assert annotations.assumed == {"no class, taken as spine": 1}
+
+
 def test_unknown_class_names_error_or_skip(tmp_path):
     with pytest.raises(AnnotationError, match=r"via\.json: image 'a\.png', region 0: class 'lamp' is not in "
                                               r"data\.classes \['book'\]"):
@@ -337,7 +349,7 @@ def test_missing_files_keep_their_record(tmp_path):
     ('{"k": {"filename": "", "regions": []}}', r"image 'k': 'filename' must be a non-empty string"),
     ('{"k": {"filename": "a.png", "regions": 5}}', r"image 'k': 'regions' must be a list or an object, got int"),
     ('{"k": {"filename": "a.png", "regions": [{"region_attributes": {}}]}}',
-     r"image 'k', region 0: 'shape_attributes' must be an object, got None"),
+     r"image 'a\.png', region 0: 'shape_attributes' must be an object, got None"),
     ('{"_via_img_metadata": []}', r"'_via_img_metadata' must be an object, got list"),
     ('{"project": {}, "file": {}, "metadata": {}, "view": {"1": {}}}', r"view '1': 'fid_list' must be a non-empty"),
 ])
@@ -355,15 +367,42 @@ def test_malformed_files_name_the_file_and_the_problem(tmp_path, content, messag
     ({"name": "polygon", "all_points_x": 5}, r"a polygon needs lists 'all_points_x' and 'all_points_y'"),
     ({"name": "rect", "x": 1, "y": 1, "width": 3}, r"a rect needs x, y, width, height; 'height' is missing"),
     ({"name": "circle", "cx": 1, "cy": 1, "r": None}, r"circle 'r' must be a number, got None"),
+    # numbers written as text are refused, not read: a tool that quotes them has its columns wrong
+    (polygon(["10", "20", "30"], [1, 2, 3]), r"polygon coordinate must be a number, got '10'"),
+    ({"name": "rect", "x": "10", "y": 10, "width": 20, "height": 5}, r"rect 'x' must be a number, got '10'"),
+    ({"name": "rect", "x": 1, "y": True, "width": 20, "height": 5}, r"rect 'y' must be a number, got True"),
+    (polygon([1, 2, 3], [1, None, 3]), r"polygon coordinate must be a number, got None"),
 ])
 def test_malformed_regions_name_the_image_and_region(tmp_path, shape, message):
     with pytest.raises(AnnotationError, match=r"via\.json: image 'a\.png', region 0: " + message):
         read_one(tmp_path, region(shape))
 
 
-def test_numeric_strings_from_hand_made_files_are_accepted(tmp_path):
-    _, (inst,) = read_one(tmp_path, region({"name": "rect", "x": "10", "y": "10", "width": "20", "height": "5.5"}))
-    assert np.ptp(inst.polygons[0], axis=0).tolist() == [20, 5.5]
+def test_via3_string_coordinates_name_the_metadata(tmp_path):
+    path = via3_project(tmp_path, [{"xy": [2, 0, 0, 10, 10]}, {"xy": [7, "0", 0, 40, 0, 0, 30]}])
+    with pytest.raises(AnnotationError, match=r"image 'a\.png', metadata '1_1': polygon coordinate must be a number"):
+        read_via(path)
+
+
+def test_every_bad_image_and_region_is_collected_not_only_the_first(tmp_path):
+    for name in ("a.png", "c.png"):
+        save_image(tmp_path / name)
+    data = {
+        "a": {"filename": "a.png", "regions": [region({"name": "rect", "x": 1}), region(rect(0, 0, 9, 9))]},
+        "b": {"filename": "", "regions": []},
+        "c": {"filename": "c.png", "regions": [5, region(polygon(["1", "9", "9"], [1, 1, 9]))]},
+    }
+    (tmp_path / "via.json").write_text(json.dumps(data))
+    annotations = read_via(tmp_path / "via.json", collect_errors=True)
+    assert [e.split("via.json: ")[1] for e in annotations.errors] == [
+        "image 'b': 'filename' must be a non-empty string, got ''",
+        "image 'c.png', region 0: expected an object with 'shape_attributes', got int",
+        "image 'a.png', region 0: a rect needs x, y, width, height; 'y' is missing",
+        "image 'c.png', region 1: polygon coordinate must be a number, got '1'",  # its index in the file
+    ]
+    assert [r.file_name for r in annotations.records] == ["a.png", "c.png"] and annotations.num_instances == 1
+    with pytest.raises(AnnotationError, match=r"image 'b': .* \(and 3 more: .*check .*via\.json"):
+        read_via(tmp_path / "via.json")
 
 
 # -- MAX_GT_INSTANCES ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Data tools: ``python -m booksegm.data SUBCOMMAND ...``.
 
     python -m booksegm.data synth OUT_DIR --num-images 300 --seed 0 [--width 320 --height 240 --style plain]
-    python -m booksegm.data check ANNOTATIONS [--images DIR] [--json]   # exit 0 usable, 1 not, 2 bad file
+    python -m booksegm.data check ANNOTATIONS [--images DIR] [--json]   # exit 0 usable, 1 not, 2 bad file or regions
     python -m booksegm.data convert SRC DST --to via|coco [--from via|coco|yolo]
 
 Each subcommand is one small function taking the parsed arguments; ``main`` wires them up.
@@ -36,8 +36,10 @@ def check(args: argparse.Namespace) -> int:
     from booksegm.data.records import AnnotationError
 
     try:
-        annotations = load_annotations(args.annotations, args.format, args.images, **reader_options(args))
-    except AnnotationError as err:
+        annotations = load_annotations(
+            args.annotations, args.format, args.images, **reader_options(args), collect_errors=True
+        )
+    except AnnotationError as err:  # a file that cannot be read at all: one error
         print(f"error: {err}", file=sys.stderr)
         return 2
     report = summarize(annotations, progress=sys.stderr.isatty())
@@ -58,6 +60,8 @@ def convert(args: argparse.Namespace) -> int:
     print(f"{args.dst}: {len(annotations.records)} images, {annotations.num_instances} instances ({args.to})")
     for reason, n in annotations.skipped.most_common():
         print(f"  skipped {n}: {reason}")
+    for assumption, n in annotations.assumed.most_common():
+        print(f"  {assumption}: {n}")
     return 0
 
 

@@ -7,6 +7,7 @@ of :func:`summarize`; training logs the same summary when it loads its data.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -22,18 +23,23 @@ PERCENTILES = (5, 50, 95)
 LISTED = 10  # missing / unreadable files named in the report
 
 
-def summarize(annotations: AnnotationSet, decode: bool = True, progress: bool = False) -> dict:
+def summarize(
+    annotations: AnnotationSet, decode: bool = True, progress: bool = False,
+    verify: Callable[..., None] = verify_image,
+) -> dict:
     """The check report as a JSON-ready dict.
 
     Images are ``found`` when the file exists and ``unreadable`` when it exists but does not
-    decode (``decode=False`` reads headers only, as training does at start-up). ``usable``: some
+    decode with ``verify`` (``decode=False`` reads headers only; training passes ImageChecks.verify,
+    which remembers the files it decoded in earlier runs). ``usable``: some
     found, readable image has at least one instance to train on. Box statistics are over the
     instances used, in pixels of the images as stored; ``aspect`` is width / height (matterport's
-    RPN_ANCHOR_RATIOS convention; torchvision's ``aspect_ratios`` is height / width).
+    RPN_ANCHOR_RATIOS convention; torchvision's ``aspect_ratios`` is height / width). ``errors``
+    lists every malformed image and region (read with ``collect_errors``), all of them.
     """
     missing, unreadable = [], []
     usable = False
-    read = verify_image if decode else image_size
+    read = verify if decode else image_size
     for record in tqdm(annotations.records, desc="checking images", unit="image", disable=not progress):
         if not record.path.is_file():
             missing.append(record.file_name)
@@ -63,6 +69,7 @@ def summarize(annotations: AnnotationSet, decode: bool = True, progress: bool = 
             "used": annotations.num_instances,
             "skipped": dict(annotations.skipped.most_common()),
             "repaired": dict(annotations.repaired.most_common()),
+            "assumed": dict(annotations.assumed.most_common()),
         },
         "classes": {name: classes[name] for name in annotations.class_names},
         "boxes": {
@@ -74,6 +81,7 @@ def summarize(annotations: AnnotationSet, decode: bool = True, progress: bool = 
         },
         "missing_files": missing[:LISTED],
         "unreadable_files": unreadable[:LISTED],
+        "errors": list(annotations.errors),
         "usable": usable,
     }
 
@@ -90,7 +98,10 @@ def percentiles(values: np.ndarray) -> dict[str, float | None]:
 
 
 def exit_status(report: dict) -> int:
-    """0 when there is something to train on, 1 when nothing is usable (2 is for unreadable files)."""
+    """0 when there is something to train on, 1 when nothing is usable, 2 when the file has errors
+    (training would stop at the first)."""
+    if report["errors"]:
+        return 2
     return 0 if report["usable"] else 1
 
 
@@ -102,6 +113,7 @@ def format_report(report: dict) -> str:
          f"{images['unreadable']} unreadable, {images['without_regions']} without regions"),
         f"  regions  {regions['total']}" + counts_in_brackets(regions["by_shape"]),
         f"  used     {regions['used']}",
+        *(f"    {n:6d}  {assumption}" for assumption, n in regions["assumed"].items()),
         f"  skipped  {sum(regions['skipped'].values())}",
         *(f"    {n:6d}  {reason}" for reason, n in regions["skipped"].items()),
     ]
@@ -117,7 +129,10 @@ def format_report(report: dict) -> str:
         if names:
             more = f" (first {len(names)} of {total})" if total > len(names) else ""
             lines += [f"  {title}{more}:", *(f"    {name}" for name in names)]
-    if report["usable"]:
+    if report["errors"]:
+        lines += [f"  errors   {len(report['errors'])}", *(f"    {error}" for error in report["errors"])]
+        verdict = f"{len(report['errors'])} ERRORS: fix the problems listed above (training stops at the first)"
+    elif report["usable"]:
         verdict = "usable"
     elif images["found"] == images["unreadable"]:
         verdict = "NOTHING USABLE: no listed image was found and readable (is --images the image folder?)"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -64,10 +66,28 @@ class AnnotationSet:
     skipped: Counter = field(default_factory=Counter)  # reason -> regions skipped
     shapes: Counter = field(default_factory=Counter)  # shape name -> regions seen
     repaired: Counter = field(default_factory=Counter)  # fix (clipped, self-intersection) -> regions kept
+    assumed: Counter = field(default_factory=Counter)  # what was assumed (no class, taken as book) -> regions kept
+    errors: list[str] = field(default_factory=list)  # malformed images and regions, "where: what", in reading order
 
     @property
     def num_instances(self) -> int:
         return sum(len(r.instances) for r in self.records)
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Notes an AnnotationError raised in the block in ``errors``; reading goes on after the block."""
+        try:
+            yield
+        except AnnotationError as err:
+            self.errors.append(str(err))
+
+    def raise_errors(self) -> None:
+        """The first of ``errors`` as an AnnotationError, saying how many more there are."""
+        if not self.errors:
+            return
+        more = len(self.errors) - 1
+        hint = f" (and {more} more: `python -m booksegm.data check {self.source}` lists them all)"
+        raise AnnotationError(self.errors[0] + (hint if more else ""))
 
 
 class ClassMap:

@@ -30,6 +30,7 @@ from booksegm.data.formats.common import (
     add_region,
     check_policy,
     class_label,
+    coordinate,
     file_name_from,
     header_size,
     json_number,
@@ -56,6 +57,7 @@ VIA3_OPTION_TYPES = {VIA3_CHECKBOX, 3, 4}
 class ViaRegion:
     shape: dict  # VIA 2 shape_attributes: {"name": "polygon", "all_points_x": [...], ...}
     attributes: dict  # VIA 2 region_attributes: {attribute name: value}
+    where: str  # "file: image 'a.jpg', region 3": how errors name it, as the file lists it
 
 
 @dataclass
@@ -71,25 +73,28 @@ def read_via(
     class_attribute: str | None = None,
     polyline_as_outline: bool = False,
     on_unknown_class: str = "error",
+    collect_errors: bool = False,
 ) -> AnnotationSet:
     """Read any VIA file. Images are looked up under ``image_root`` (default: the file's folder).
 
     ``class_attribute`` names the region attribute holding the class (auto-detected when None);
     ``polyline_as_outline`` closes open polylines into polygons instead of skipping them;
     ``on_unknown_class`` is ``error`` or ``skip`` for class names not in ``class_map``.
+    Malformed images and regions are all read past and listed in ``errors``; the first is raised
+    (saying how many more) unless ``collect_errors``. A file that is no VIA file raises at once.
     """
     path = Path(path)
     check_policy(on_unknown_class)
     data = read_json(path)
     flavour = via_flavour(data, path)
     annotations = AnnotationSet(source=path, flavour=flavour, records=[], class_names=class_map.classes)
-    images = via3_images(data, path, annotations) if flavour == "via3" else via2_images(data, flavour, path)
+    images = via3_images(data, path, annotations) if flavour == "via3" else via2_images(data, flavour, annotations)
     if class_attribute is None:
         class_attribute = detect_class_attribute(images, class_map, path)
     classes = RegionClasses(class_map, class_attribute, on_unknown_class)
 
-    def read_region(region: ViaRegion) -> tuple[list[np.ndarray], int]:
-        return [shape_outline(region.shape, polyline_as_outline)], classes.label(region.attributes)
+    def read_region(region: ViaRegion) -> tuple[list[np.ndarray], int, str | None]:
+        return [shape_outline(region.shape, polyline_as_outline)], *classes.label(region.attributes)
 
     locator = ImageLocator(Path(image_root) if image_root is not None else path.parent)
     for image in images:
@@ -97,11 +102,12 @@ def read_via(
         size = header_size(record_path)
         width, height = size or (None, None)
         record = ImageRecord(image.file_name, record_path, width=width, height=height, num_regions=len(image.regions))
-        for index, region in enumerate(image.regions):
+        for region in image.regions:
             shape = str(region.shape.get("name", ""))
-            where = f"{path}: image {image.file_name!r}, region {index}"
-            add_region(annotations, record, shape, where, partial(read_region, region), size)
+            add_region(annotations, record, shape, region.where, partial(read_region, region), size)
         annotations.records.append(record)
+    if not collect_errors:
+        annotations.raise_errors()
     return annotations
 
 
@@ -125,8 +131,12 @@ def via_flavour(data: object, path: Path) -> str:
     )
 
 
-def via2_images(data: dict, flavour: str, path: Path) -> list[ViaImage]:
-    """VIA 1.x / 2.x exports and VIA 2 projects: one entry per image, regions inline."""
+def via2_images(data: dict, flavour: str, annotations: AnnotationSet) -> list[ViaImage]:
+    """VIA 1.x / 2.x exports and VIA 2 projects: one entry per image, regions inline.
+
+    A malformed image or region is noted in ``annotations.errors`` and left out.
+    """
+    path = annotations.source
     metadata = data["_via_img_metadata"] if flavour == "via2_project" else data
     if not isinstance(metadata, dict):
         raise AnnotationError(f"{path}: '_via_img_metadata' must be an object, got {type(metadata).__name__}")
@@ -135,11 +145,15 @@ def via2_images(data: dict, flavour: str, path: Path) -> list[ViaImage]:
     if isinstance(order, list):  # the project's image order; ids it misses keep file order after it
         listed = [k for k in order if isinstance(k, str) and k in metadata]
         keys = list(dict.fromkeys(listed + keys))
-    return [via2_image(metadata[key], key, path) for key in keys]
+    images = []
+    for key in keys:
+        with annotations.collecting():
+            images.append(via2_image(metadata[key], key, annotations))
+    return images
 
 
-def via2_image(entry: object, key: str, path: Path) -> ViaImage:
-    where = f"{path}: image {key!r}"
+def via2_image(entry: object, key: str, annotations: AnnotationSet) -> ViaImage:
+    where = f"{annotations.source}: image {key!r}"
     if not isinstance(entry, dict):
         raise AnnotationError(f"{where}: expected an object with 'filename' and 'regions', got {type(entry).__name__}")
     file_name = entry.get("filename")
@@ -150,7 +164,11 @@ def via2_image(entry: object, key: str, path: Path) -> ViaImage:
         regions = [regions[k] for k in sorted(regions, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))]
     if not isinstance(regions, list):
         raise AnnotationError(f"{where}: 'regions' must be a list or an object, got {type(regions).__name__}")
-    return ViaImage(file_name, [via2_region(r, f"{where}, region {i}") for i, r in enumerate(regions)])
+    image = ViaImage(file_name, [])
+    for i, region in enumerate(regions):
+        with annotations.collecting():
+            image.regions.append(via2_region(region, f"{annotations.source}: image {file_name!r}, region {i}"))
+    return image
 
 
 def via2_region(region: object, where: str) -> ViaRegion:
@@ -162,14 +180,15 @@ def via2_region(region: object, where: str) -> ViaRegion:
         raise AnnotationError(f"{where}: 'shape_attributes' must be an object, got {shape!r}")
     if not isinstance(attributes, dict):
         raise AnnotationError(f"{where}: 'region_attributes' must be an object, got {attributes!r}")
-    return ViaRegion(shape, attributes)
+    return ViaRegion(shape, attributes, where)
 
 
 def via3_images(data: dict, path: Path, annotations: AnnotationSet) -> list[ViaImage]:
     """VIA 3 projects: files, views (one file each for images) and metadata keyed by view.
 
     Metadata that is no region of a photo (temporal segments, regions in video or audio files)
-    is counted in ``annotations`` as seen and skipped.
+    is counted in ``annotations`` as seen and skipped; malformed metadata is noted in its
+    ``errors``. The file and view tables are the project's skeleton: a malformed entry raises.
     """
     files, views, metadata = (via3_table(data, key, path) for key in ("file", "view", "metadata"))
     attributes = via3_table(data, "attribute", path) if "attribute" in data else {}
@@ -187,25 +206,28 @@ def via3_images(data: dict, path: Path, annotations: AnnotationSet) -> list[ViaI
             images[fid] = ViaImage(entry["fname"], [])
     for mid, meta in metadata.items():
         where = f"{path}: metadata {mid!r}"
-        if not isinstance(meta, dict):
-            raise AnnotationError(f"{where}: expected an object with 'vid', 'z', 'xy' and 'av'")
-        z, xy, av = meta.get("z") or [], meta.get("xy") or [], meta.get("av") or {}
-        if not isinstance(z, list) or not isinstance(xy, list) or not isinstance(av, dict):
-            raise AnnotationError(f"{where}: 'z' and 'xy' must be lists and 'av' an object")
-        if not xy:  # file-level or temporal-segment metadata: no region in an image
-            if z:
-                annotations.shapes["temporal segment"] += 1
-                annotations.skipped["temporal metadata (no spatial region)"] += 1
-            continue
-        fid = view_file.get(str(meta.get("vid")))
-        if fid is None or fid not in files:
-            raise AnnotationError(f"{where}: its view {meta.get('vid')!r} is not in 'view' or names no known file")
-        shape = via3_shape(xy, where)
-        if fid not in images or z:  # a region on a video frame or audio: not a photo to train on
-            annotations.shapes[shape["name"]] += 1
-            annotations.skipped["region in a video or audio file"] += 1
-            continue
-        images[fid].regions.append(ViaRegion(shape, via3_attributes(av, attributes)))
+        with annotations.collecting():
+            if not isinstance(meta, dict):
+                raise AnnotationError(f"{where}: expected an object with 'vid', 'z', 'xy' and 'av'")
+            z, xy, av = meta.get("z") or [], meta.get("xy") or [], meta.get("av") or {}
+            if not isinstance(z, list) or not isinstance(xy, list) or not isinstance(av, dict):
+                raise AnnotationError(f"{where}: 'z' and 'xy' must be lists and 'av' an object")
+            if not xy:  # file-level or temporal-segment metadata: no region in an image
+                if z:
+                    annotations.shapes["temporal segment"] += 1
+                    annotations.skipped["temporal metadata (no spatial region)"] += 1
+                continue
+            fid = view_file.get(str(meta.get("vid")))
+            if fid is None or fid not in files:
+                raise AnnotationError(f"{where}: its view {meta.get('vid')!r} is not in 'view' or names no known file")
+            shape = via3_shape(xy, where)
+            if fid not in images or z:  # a region on a video frame or audio: not a photo to train on
+                annotations.shapes[shape["name"]] += 1
+                annotations.skipped["region in a video or audio file"] += 1
+                continue
+            image = images[fid]
+            region_where = f"{path}: image {image.file_name!r}, metadata {mid!r}"
+            image.regions.append(ViaRegion(shape, via3_attributes(av, attributes), region_where))
     order = [str(v) for v in data["project"].get("vid_list", [])] if isinstance(data["project"], dict) else []
     ordered = [view_file[v] for v in order if v in view_file] + list(images)
     return [images[fid] for fid in dict.fromkeys(ordered) if fid in images]
@@ -296,7 +318,7 @@ def shape_numbers(shape: dict, *keys: str) -> list[float]:
     for key in keys:
         if key not in shape:
             raise BadRegion(f"a {shape['name']} needs {', '.join(keys)}; {key!r} is missing")
-        values.append(as_number(shape[key], f"{shape['name']} {key!r}"))
+        values.append(coordinate(shape[key], f"{shape['name']} {key!r}"))
     return values
 
 
@@ -309,20 +331,7 @@ def shape_points(shape: dict) -> np.ndarray:
     if not xs:
         raise SkipRegion("fewer than 3 distinct points")
     what = f"{shape['name']} coordinate"
-    return np.array([[as_number(x, what), as_number(y, what)] for x, y in zip(xs, ys, strict=True)], dtype=np.float32)
-
-
-def as_number(value: object, what: str) -> float:
-    """A finite number; VIA writes numbers, hand-made files sometimes numeric strings."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRegion(f"{what} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadRegion(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or abs(number) > 1e7:  # beyond any photo; float32 keeps 0.5 px there
-        raise BadRegion(f"{what} must be a finite pixel coordinate, got {value!r}")
-    return number
+    return np.array([[coordinate(x, what), coordinate(y, what)] for x, y in zip(xs, ys, strict=True)], dtype=np.float32)
 
 
 def circle_through(points: np.ndarray) -> tuple[float, float, float, float]:
@@ -350,7 +359,7 @@ class RegionClasses:
     attribute: str | None  # the region_attributes key holding the class; None: every region unnamed
     on_unknown_class: str
 
-    def label(self, attributes: dict) -> int:
+    def label(self, attributes: dict) -> tuple[int, str | None]:
         return class_label(self.class_map, self.name(attributes), self.on_unknown_class)
 
     def name(self, attributes: dict) -> str:

@@ -21,11 +21,14 @@ def load_annotations(
     class_attribute: str | None = None,
     polyline_as_outline: bool = False,
     on_unknown_class: str = "error",
+    collect_errors: bool = False,
 ) -> AnnotationSet:
     """Read ``path`` (a VIA or COCO JSON file, or a YOLO-seg folder) with the reader for ``format``.
 
     ``class_attribute`` and ``polyline_as_outline`` are VIA's (see read_via); ``on_unknown_class``
-    (``error`` | ``skip``) applies to class names not in ``class_map`` in every format.
+    (``error`` | ``skip``) applies to class names not in ``class_map`` in every format. Malformed
+    images and regions raise the first as AnnotationError, or with ``collect_errors`` are all
+    listed in the result's ``errors`` (what the check reports).
     """
     path = Path(path)
     if format not in FORMATS:
@@ -36,14 +39,16 @@ def load_annotations(
     if format == "via":
         from booksegm.data.via import read_via
 
-        return read_via(path, image_root, class_map, class_attribute, polyline_as_outline, on_unknown_class)
+        return read_via(
+            path, image_root, class_map, class_attribute, polyline_as_outline, on_unknown_class, collect_errors
+        )
     if class_attribute is not None or polyline_as_outline:
         raise AnnotationError(f"class_attribute and polyline_as_outline apply to VIA files, not to {format}")
     if format == "coco":
         from booksegm.data.formats.coco import read_coco as reader
     else:
         from booksegm.data.formats.yolo import read_yolo as reader
-    return reader(path, image_root, class_map, on_unknown_class)
+    return reader(path, image_root, class_map, on_unknown_class, collect_errors)
 
 
 def save_annotations(annotations: AnnotationSet, path: str | Path, format: str) -> None:

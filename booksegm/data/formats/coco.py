@@ -17,6 +17,7 @@ from booksegm.data.formats.common import (
     add_region,
     check_policy,
     class_label,
+    coordinate,
     file_name_from,
     header_size,
     json_number,
@@ -33,12 +34,14 @@ def read_coco(
     image_root: str | Path | None = None,
     class_map: ClassMap = BOOK,
     on_unknown_class: str = "error",
+    collect_errors: bool = False,
 ) -> AnnotationSet:
     """Read a COCO instances file; images are looked up under ``image_root`` (default: its folder).
 
     Crowd annotations (``iscrowd: 1``) mark regions to ignore, not instances: they are skipped
     with a count. RLE masks become their outer outlines; annotations with no segmentation use
-    their ``bbox`` as a rectangle.
+    their ``bbox`` as a rectangle. Malformed images and annotations are handled as in read_via
+    (``collect_errors``).
     """
     path = Path(path)
     check_policy(on_unknown_class)
@@ -48,27 +51,29 @@ def read_coco(
     images = coco_table(data, "images", path)
     categories = {coco_id(c, "id", path): str(c.get("name", "")) for c in coco_table(data, "categories", path)}
     image_ids = {coco_id(image, "id", path) for image in images}
+    annotations = AnnotationSet(source=path, flavour="coco", records=[], class_names=class_map.classes)
     by_image = defaultdict(list)
     for ann in coco_table(data, "annotations", path):
-        image_id = coco_id(ann, "image_id", path)
-        if image_id not in image_ids:
-            raise AnnotationError(f"{path}: annotation {ann.get('id')!r}: image_id {image_id!r} is not in 'images'")
-        by_image[image_id].append(ann)
+        with annotations.collecting():
+            image_id = coco_id(ann, "image_id", path)
+            if image_id not in image_ids:
+                raise AnnotationError(f"{path}: annotation {ann.get('id')!r}: image_id {image_id!r} is not in 'images'")
+            by_image[image_id].append(ann)
 
-    def read_annotation(ann: dict) -> tuple[list[np.ndarray], int]:
+    def read_annotation(ann: dict) -> tuple[list[np.ndarray], int, str | None]:
         if ann.get("iscrowd"):
             raise SkipRegion("crowd region (iscrowd=1)")
         category = ann.get("category_id")
         if not isinstance(category, (int, str)) or category not in categories:
             raise BadRegion(f"category_id {category!r} is not in 'categories'")
-        return annotation_outlines(ann), class_label(class_map, categories[category], on_unknown_class)
+        return annotation_outlines(ann), *class_label(class_map, categories[category], on_unknown_class)
 
-    annotations = AnnotationSet(source=path, flavour="coco", records=[], class_names=class_map.classes)
     locator = ImageLocator(Path(image_root) if image_root is not None else path.parent)
     for image in images:
         file_name = image.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
-            raise AnnotationError(f"{path}: image {image.get('id')!r}: 'file_name' must be a non-empty string")
+            annotations.errors.append(f"{path}: image {image.get('id')!r}: 'file_name' must be a non-empty string")
+            continue
         record_path = locator.resolve(file_name)
         size = stated_size(image) or header_size(record_path)
         width, height = size or (None, None)
@@ -78,6 +83,8 @@ def read_coco(
             where = f"{path}: annotation {ann.get('id')!r} of {file_name!r}"
             add_region(annotations, record, coco_shape(ann), where, partial(read_annotation, ann), size)
         annotations.records.append(record)
+    if not collect_errors:
+        annotations.raise_errors()
     return annotations
 
 
@@ -120,21 +127,13 @@ def annotation_outlines(ann: dict) -> list[np.ndarray]:
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4:
         raise BadRegion(f"no segmentation, and 'bbox' is not [x, y, width, height]: {bbox!r}")
-    return [rect_polygon(*finite_numbers(bbox, "bbox"))]
+    return [rect_polygon(*(coordinate(v, "bbox coordinate") for v in bbox))]
 
 
 def flat_polygon(values: list) -> np.ndarray:
     if len(values) % 2:
         raise BadRegion(f"a polygon needs x, y pairs, got {len(values)} numbers")
-    return np.array(finite_numbers(values, "polygon"), dtype=np.float32).reshape(-1, 2)
-
-
-def finite_numbers(values: list, what: str) -> list[float]:
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise BadRegion(f"{what} holds something that is not a number")
-    if not all(np.isfinite(values)):
-        raise BadRegion(f"{what} holds a non-finite number")
-    return [float(v) for v in values]
+    return np.array([coordinate(v, "polygon coordinate") for v in values], dtype=np.float32).reshape(-1, 2)
 
 
 def rle_outlines(rle: dict) -> list[np.ndarray]:

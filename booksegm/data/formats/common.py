@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,8 @@ from booksegm.data.records import (
 )
 
 UNKNOWN_CLASS_POLICIES = ("error", "skip")
+MAX_COORDINATE = 1e7  # pixels: beyond any photo; float32 keeps 0.5 px there
+DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 def read_json(path: Path) -> object:
@@ -46,33 +49,39 @@ def add_region(
     record: ImageRecord,
     shape: str,
     where: str,
-    read: Callable[[], tuple[list[np.ndarray], int]],
+    read: Callable[[], tuple[list[np.ndarray], int, str | None]],
     size: tuple[int, int] | None,
 ) -> None:
     """Counts one region of ``shape``; adds it to ``record`` as an Instance or counts why not.
 
-    ``read`` returns the region's outlines and class id, raising SkipRegion (counted) or
-    BadRegion (an AnnotationError naming ``where``). Outlines are clipped to ``size`` (width,
-    height) when known and repaired when self-intersecting; what was fixed is counted too.
+    ``read`` returns the region's outlines, class id and what was assumed to get it (see
+    class_label), raising SkipRegion (counted) or BadRegion (noted in ``annotations.errors``,
+    naming ``where``). Outlines are clipped to ``size`` (width, height) when known and repaired
+    when self-intersecting; what was fixed or assumed is counted for the regions kept.
     """
     annotations.shapes[shape] += 1
     try:
-        outlines, label = read()
+        outlines, label, assumed = read()
         polygons, fixes = clean_polygons(outlines, size)
     except SkipRegion as skip:
         annotations.skipped[skip.reason] += 1
         return
     except BadRegion as err:
-        raise AnnotationError(f"{where}: {err}") from None
+        annotations.errors.append(f"{where}: {err}")
+        return
     annotations.repaired.update(fixes)
+    if assumed:
+        annotations.assumed[assumed] += 1
     record.instances.append(Instance(tuple(polygons), label, shape))
 
 
-def class_label(class_map: ClassMap, name: str, on_unknown_class: str) -> int:
-    """The class id for ``name``; an unknown name raises SkipRegion or BadRegion, by policy."""
+def class_label(class_map: ClassMap, name: str, on_unknown_class: str) -> tuple[int, str | None]:
+    """The class id for ``name`` and what was assumed to get it; an unknown name raises SkipRegion or
+    BadRegion, by policy. No name in a one-class set is that class, counted: a forgotten attribute
+    should show in the report, not pass as a book."""
     label = class_map.lookup(name)
     if label is not None:
-        return label
+        return label, (None if name.strip() else f"no class, taken as {class_map.classes[0]}")
     if on_unknown_class == "skip":
         raise SkipRegion(f"class {name!r} not in data.classes" if name else "no class name (several classes)")
     if not name:
@@ -84,6 +93,24 @@ def class_label(class_map: ClassMap, name: str, on_unknown_class: str) -> int:
         f"class {name!r} is not in data.classes {list(class_map.classes)}: add it to data.classes or "
         "data.class_aliases, or set data.on_unknown_class=skip"
     )
+
+
+def coordinate(value: object, what: str) -> float:
+    """A coordinate from JSON: a number within any photo. Numbers written as strings (even "10"),
+    booleans and null are refused rather than guessed at: the tool that wrote them is wrong."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRegion(f"{what} must be a number, got {value!r}")
+    if not abs(value) <= MAX_COORDINATE:  # also refuses nan and inf
+        raise BadRegion(f"{what} must be a finite pixel coordinate, got {value!r}")
+    return float(value)
+
+
+def decimal(token: str) -> float:
+    """A number written as text (YOLO labels) in plain decimal notation, else ValueError: float()
+    would also read 'nan', '1_0' and non-ASCII digits, which no labelling tool writes."""
+    if not DECIMAL.fullmatch(token):
+        raise ValueError(f"not a decimal number: {token!r}")
+    return float(token)
 
 
 def check_policy(on_unknown_class: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from booksegm.data.formats.common import add_region, check_policy, class_label, header_size
+from booksegm.data.formats.common import add_region, check_policy, class_label, decimal, header_size
 from booksegm.data.formats.geometry import rect_polygon
 from booksegm.data.records import BOOK, AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
 
@@ -28,8 +28,12 @@ def read_yolo(
     image_root: str | Path | None = None,
     class_map: ClassMap = BOOK,
     on_unknown_class: str = "error",
+    collect_errors: bool = False,
 ) -> AnnotationSet:
-    """Read the split folder ``path`` (``labels/`` and, unless ``image_root`` says, ``images/``)."""
+    """Read the split folder ``path`` (``labels/`` and, unless ``image_root`` says, ``images/``).
+
+    Bad lines and unreadable label files are handled as in read_via (``collect_errors``).
+    """
     folder = Path(path)
     check_policy(on_unknown_class)
     labels_dir = folder / "labels"
@@ -44,45 +48,50 @@ def read_yolo(
     annotations = AnnotationSet(source=folder, flavour="yolo", records=[], class_names=class_map.classes)
     for stem in sorted(images.keys() | labels.keys()):
         image_path = images.get(stem, images_dir / stem)  # a label without its image: reported missing
-        lines = read_label_lines(labels[stem]) if stem in labels else []
-        size = header_size(image_path)
-        width, height = size or (None, None)
-        file_name = image_path.relative_to(images_dir).as_posix()
-        record = ImageRecord(file_name, image_path, width=width, height=height, num_regions=len(lines))
-        for number, line in lines:
-            shape = "rect" if len(line.split()) == 5 else "polygon"
-            read = partial(read_line, line, size, names, class_map, on_unknown_class)
-            add_region(annotations, record, shape, f"{labels[stem]}: line {number}", read, size)
-        annotations.records.append(record)
+        with annotations.collecting():
+            lines = read_label_lines(labels[stem]) if stem in labels else []
+            size = header_size(image_path)
+            width, height = size or (None, None)
+            file_name = image_path.relative_to(images_dir).as_posix()
+            record = ImageRecord(file_name, image_path, width=width, height=height, num_regions=len(lines))
+            for number, line in lines:
+                shape = "rect" if len(line.split()) == 5 else "polygon"
+                read = partial(read_line, line, size, names, class_map, on_unknown_class)
+                add_region(annotations, record, shape, f"{labels[stem]}: line {number}", read, size)
+            annotations.records.append(record)
+    if not collect_errors:
+        annotations.raise_errors()
     return annotations
 
 
 def read_line(
     line: str, size: tuple[int, int] | None, names: list[str] | None, class_map: ClassMap, on_unknown_class: str
-) -> tuple[list[np.ndarray], int]:
+) -> tuple[list[np.ndarray], int, str | None]:
     tokens = line.split()
     try:
-        class_id, values = float(tokens[0]), np.array([float(t) for t in tokens[1:]], dtype=np.float64)
+        class_id, values = decimal(tokens[0]), np.array([decimal(t) for t in tokens[1:]], dtype=np.float64)
     except ValueError:
         raise BadRegion(f"expected numbers 'class_id x1 y1 x2 y2 ...', got {line!r}") from None
     if not class_id.is_integer() or class_id < 0:
         raise BadRegion(f"class id must be a whole number >= 0, got {tokens[0]!r}")
     if len(values) % 2 or not np.isfinite(values).all():
         raise BadRegion(f"expected x y pairs of finite numbers after the class id, got {len(values)} numbers")
-    label = yolo_label(int(class_id), names, class_map, on_unknown_class)
+    label, assumed = yolo_label(int(class_id), names, class_map, on_unknown_class)
     if size is None:
         raise SkipRegion("image missing or unreadable: normalised coordinates need its size")
     scale = np.array(size, dtype=np.float64)
     if len(values) == 4:  # a box line: centre x, centre y, width, height
         (cx, cy), (w, h) = values[:2] * scale, values[2:] * scale
-        return [rect_polygon(cx - w / 2, cy - h / 2, w, h)], label
-    return [(values.reshape(-1, 2) * scale).astype(np.float32)], label
+        return [rect_polygon(cx - w / 2, cy - h / 2, w, h)], label, assumed
+    return [(values.reshape(-1, 2) * scale).astype(np.float32)], label, assumed
 
 
-def yolo_label(class_id: int, names: list[str] | None, class_map: ClassMap, on_unknown_class: str) -> int:
+def yolo_label(
+    class_id: int, names: list[str] | None, class_map: ClassMap, on_unknown_class: str
+) -> tuple[int, str | None]:
     if names is None:  # no data.yaml: YOLO ids are data.classes in order, from 0
         if class_id < len(class_map.classes):
-            return class_id + 1
+            return class_id + 1, None
         if on_unknown_class == "skip":
             raise SkipRegion(f"class id {class_id} not in data.classes")
         raise BadRegion(

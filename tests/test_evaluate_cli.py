@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from booksegm.evaluation.voc import mean_voc_ap
 from booksegm.export import ExportConfig, export
 from booksegm.model.module import BookSegmModule
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 SIZE = 40
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from booksegm.export import (
 from booksegm.inference import load_model, prepare_image, set_detection_limits
 from booksegm.model.module import BookSegmModule
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 TINY_MODEL = {"backbone": "resnet18", "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
               "box_detections_per_img": 10}
 SIZE = 96  # the run validated on 96 px squares

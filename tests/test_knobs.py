@@ -4,6 +4,7 @@ config files, normalisation, TRAIN_BN, backbones and the v2 layout, optimizer an
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from booksegm.model import weights
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
 from booksegm.model.module import OptimConfig, build_optimizer, lr_factor
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 
 
 def compose_config(*overrides: str):

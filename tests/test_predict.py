@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import cv2
@@ -35,7 +36,7 @@ from booksegm.inference import (
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.predict import PhotoOutputs, PredictConfig, predict
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 TINY_MODEL = ModelConfig(backbone="resnet18", rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
                          box_detections_per_img=10)
 RESIZE = ResizeConfig(mode="square", min_dim=96, max_dim=96)

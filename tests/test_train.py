@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from booksegm.config import to_dataclass
 from booksegm.data.datamodule import DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 # Small enough for a few CPU seconds a step: 128x96 images (rendered at that size, as the default

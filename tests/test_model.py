@@ -12,6 +12,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 
 from booksegm.config import ConfigError
+from booksegm.inference import CheckpointError
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict
@@ -206,11 +207,11 @@ def test_a_lightning_checkpoint_file_round_trips(tmp_path):
 
 def test_missing_or_garbage_weight_files_are_reported(tmp_path):
     model = build_maskrcnn(tiny_config(), num_classes=2)
-    with pytest.raises(WeightsUnavailableError, match="no file"):
+    with pytest.raises(CheckpointError, match="model.weights: .*no such checkpoint file"):
         load_initial_weights(model, str(tmp_path / "nope.pth"), "resnet18")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsUnavailableError, match="not a readable PyTorch file"):
+    with pytest.raises(CheckpointError, match="model.weights: .*not a readable PyTorch checkpoint"):
         load_initial_weights(model, str(garbage), "resnet18")
 
 

@@ -16,6 +16,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from booksegm.config import ConfigError
+from booksegm.inference import CheckpointError, read_torch_file
 from booksegm.model.build import BACKBONES, is_mobilenet
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,11 @@ def load_initial_weights(model: nn.Module, spec: str, backbone: str, runs_root: 
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict, or the model's part of a Lightning checkpoint."""
-    if not path.is_file():
-        raise WeightsUnavailableError(f"model.weights: no file at {path}")
+    """A plain state dict, or the model's part of a Lightning checkpoint (read as ckpt_path is)."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise WeightsUnavailableError(f"model.weights: {path} is not a readable PyTorch file ({err})") from None
+        data = read_torch_file(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"model.weights: {err}") from None
     if isinstance(data, dict) and "state_dict" in data:  # Lightning checkpoint: keys are "model.<name>"
         data = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

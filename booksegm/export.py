@@ -17,6 +17,7 @@ validation (``booksegm.inference.prepare_image``), and they return the model-inp
 
 Every export is loaded back and run on a fixed image (``image=``, default a synthetic book
 scene), compared with the eager model (boxes, scores, masks) and timed; a mismatch fails.
+A file already at the output (or, for a state dict, its JSON) is refused unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class ExportConfig:
     ckpt_path: str
     format: str = "onnx"
     output: str | None = None  # null: next to the checkpoint
+    overwrite: bool = False  # an existing output: refused, or (true) replaced
     score_threshold: float | None = None  # null: the checkpoint's model.box_score_thresh
     max_detections: int | None = None  # null: the checkpoint's model.box_detections_per_img
     image: str | None = None  # the photo to check and time on; null: a synthetic scene
@@ -97,6 +99,14 @@ class ExportConfig:
             return Path(self.output).expanduser()
         ckpt = Path(self.ckpt_path).expanduser()
         return ckpt.with_name(ckpt.stem + FORMATS[self.format])
+
+    def check_output(self) -> None:
+        """Refuse to replace a file (before any work), unless told to overwrite."""
+        output = self.output_path()
+        written = [output, spec_path(output)] if self.format == "state_dict" else [output]
+        for path in written:
+            if path.exists() and not self.overwrite:
+                raise ConfigError(f"{path} exists: give another output=, or overwrite=true to replace it")
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -258,6 +268,7 @@ def sample_image(path: str | None, resize: ResizeConfig | None) -> torch.Tensor:
 @torch.no_grad()
 def export(settings: ExportConfig) -> Parity:
     settings.validate()
+    settings.check_output()
     loaded = load_model(settings.ckpt_path, "cpu")  # exported files run anywhere; CPU is where they check
     set_detection_limits(loaded.model, settings.score_threshold, settings.max_detections)
     image = sample_image(settings.image, loaded.resize)

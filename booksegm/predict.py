@@ -15,12 +15,18 @@ input's path relative to the input folder:
 
 Videos are written back as ``overlay/<name>.mp4`` and ``splash/<name>.mp4``. A photo without
 detections gets empty outputs; unreadable files are reported, counted and skipped.
+
+An ``output_dir`` that is not empty is refused (outputs of an earlier run would mix with this
+one's), except the new run folder Hydra makes by default. ``overwrite=true`` deletes the five
+outputs above from it first (every format, not only those asked for, so nothing stale is left),
+and only those: other files there may be the user's, so they stay.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ from pathlib import Path
 import cv2
 import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -55,7 +62,10 @@ from booksegm.inference import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("overlay", "splash", "masks", "coco", "via")
+# what each format writes under output_dir
+OUTPUTS = {"overlay": "overlay", "splash": "splash", "masks": "masks", "coco": "predictions_coco.json",
+           "via": "predictions_via.json"}
+FORMATS = tuple(OUTPUTS)
 VIDEO_FORMATS = ("overlay", "splash")  # what a video is written back as
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -74,6 +84,7 @@ class PredictConfig:
     device: str = "auto"
     resize: ResizeConfig | None = None  # null: as the checkpoint's validation
     polygon_tolerance: float = 1.0  # px, cv2.approxPolyDP epsilon for VIA polygons
+    overwrite: bool = False  # a non-empty output_dir: refused, or (true) predict's earlier outputs in it deleted
 
     def validate(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -133,9 +144,10 @@ class PhotoOutputs:
         name = path.relative_to(self.root)
         for kind in ("overlay", "splash"):
             if kind in self.formats:
-                save_png(render(kind, image, detections, self.class_names), self.out / kind / name.with_suffix(".png"))
+                save_png(render(kind, image, detections, self.class_names),
+                         self.out / OUTPUTS[kind] / name.with_suffix(".png"))
         if "masks" in self.formats:
-            folder = self.out / "masks" / name.with_suffix("")
+            folder = self.out / OUTPUTS["masks"] / name.with_suffix("")
             folder.mkdir(parents=True, exist_ok=True)  # empty for a photo without detections
             for k, (mask, label, score) in enumerate(zip(detections.masks, detections.labels, detections.scores)):
                 save_png(mask.astype(np.uint8) * 255, folder / f"{k:03d}_{self.class_names[label - 1]}_{score:.2f}.png")
@@ -178,9 +190,9 @@ class PhotoOutputs:
 
     def close(self) -> None:
         if "coco" in self.formats:
-            write_json(self.coco, self.out / "predictions_coco.json")
+            write_json(self.coco, self.out / OUTPUTS["coco"])
         if "via" in self.formats:
-            write_json(via_project(self.via, self.root, self.class_names), self.out / "predictions_via.json")
+            write_json(via_project(self.via, self.root, self.class_names), self.out / OUTPUTS["via"])
 
 
 def via_outline(rle: dict, tolerance: float) -> np.ndarray | None:
@@ -276,7 +288,7 @@ def predict_video(loaded: LoadedModel, path: Path, name: Path, settings: Predict
             for image, detections in zip(batch, predict_images(loaded, batch, resize)):
                 for kind in kinds:
                     if kind not in writers:
-                        video = Path(settings.output_dir) / kind / name.with_suffix(".mp4")
+                        video = Path(settings.output_dir) / OUTPUTS[kind] / name.with_suffix(".mp4")
                         writers[kind] = open_video(video, fps, image.shape)
                     picture = render(kind, image, detections, loaded.class_names)
                     writers[kind].write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
@@ -310,8 +322,35 @@ def open_video(path: Path, fps: float, shape: tuple[int, ...]) -> cv2.VideoWrite
     return writer
 
 
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds anything (before any work), unless told to overwrite."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_this_run_folder(out) and not overwrite:
+        raise ConfigError(f"output_dir={out} is not empty: give a new folder, or overwrite=true to replace "
+                          f"predict's outputs there ({', '.join(OUTPUTS.values())})")
+
+
+def is_this_run_folder(out: Path) -> bool:
+    """The folder Hydra made for this run (the default output_dir): new, it holds only Hydra's own files."""
+    return HydraConfig.initialized() and out.resolve() == Path(HydraConfig.get().runtime.output_dir).resolve()
+
+
+def remove_earlier_outputs(out: Path) -> None:
+    """Every output predict writes, whatever formats this run asks for: none may be left from an earlier run."""
+    for path in (out / name for name in OUTPUTS.values()):
+        if path.exists():
+            log.warning("overwrite=true: deleting %s", path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def predict(settings: PredictConfig) -> PredictSummary:
     settings.validate()
+    out = Path(settings.output_dir)
+    check_output_dir(out, settings.overwrite)
     start = time.perf_counter()
     root, photos, videos = find_inputs(Path(settings.input).expanduser())
     loaded = load_model(settings.ckpt_path, select_device(settings.device))
@@ -325,7 +364,8 @@ def predict(settings: PredictConfig) -> PredictSummary:
     log.info("score threshold %.3f (%s)", threshold, "asked for" if settings.score_threshold is not None else
              "calibrated on the run's validation" if loaded.score_threshold is not None else "matterport's default")
     set_detection_limits(loaded.model, threshold, settings.max_detections)
-    out = Path(settings.output_dir)
+    if settings.overwrite:
+        remove_earlier_outputs(out)  # now that the model loaded: a failed start leaves them
     summary = PredictSummary()
     outputs = PhotoOutputs(out, root, settings.formats, loaded.class_names, settings.polygon_tolerance)
     predict_photos(loaded, photos, resize, settings.batch_size, outputs, summary)

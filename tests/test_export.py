@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from booksegm.config import to_dataclass
+from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.synthetic import render_scene
 from booksegm.export import (
     TORCHVISION_RECIPE,
@@ -165,3 +165,34 @@ def test_export_config_composes(checkpoint):
     settings = to_dataclass(ExportConfig, {k: cfg[k] for k in ExportConfig.__dataclass_fields__})
     settings.validate()
     assert settings.output_path() == checkpoint.with_name("tiny.torchscript.pt")
+
+
+@pytest.mark.parametrize("existing", ["books.pth", "books.json"])  # a state dict is written with its JSON
+def test_an_existing_output_is_refused_before_the_model_is_loaded(existing, tmp_path):
+    (tmp_path / existing).write_text("earlier")
+    with pytest.raises(ConfigError, match=f"{tmp_path / existing} exists: .*overwrite=true"):
+        # no such checkpoint: the refusal comes before the model is loaded
+        export(ExportConfig(ckpt_path=str(tmp_path / "none.ckpt"), format="state_dict",
+                            output=str(tmp_path / "books.pth")))
+    assert (tmp_path / existing).read_text() == "earlier"
+
+
+def test_overwrite_replaces_an_existing_output(checkpoint, tmp_path):
+    output = tmp_path / "books.pth"
+    output.write_text("earlier")
+    export(ExportConfig(ckpt_path=str(checkpoint), format="state_dict", output=str(output), overwrite=True,
+                        timing_runs=1))
+    assert load_model(output).class_names == ["book"]
+
+
+def test_the_command_refuses_an_existing_output_in_one_line(checkpoint, tmp_path):
+    output = tmp_path / "books.onnx"
+    output.write_text("earlier")
+    result = subprocess.run(
+        [sys.executable, "-m", "booksegm.export", f"ckpt_path={checkpoint}", f"output={output}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "BOOKSEGM_ROOT": str(tmp_path)}, check=False,
+    )
+    assert result.returncode != 0
+    assert f"booksegm: error: {output} exists: " in result.stderr and "overwrite=true" in result.stderr
+    assert "Traceback" not in result.stderr and output.read_text() == "earlier"

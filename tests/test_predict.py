@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from pycocotools.coco import COCO
 
-from booksegm.config import to_dataclass
+from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.formats.coco import read_coco
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import render_scene
@@ -204,11 +204,56 @@ def test_predict_config_composes(weights):
 
 
 def test_a_missing_input_fails_in_one_line(weights, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "booksegm.predict", f"ckpt_path={weights}", f"input={tmp_path / 'nowhere'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "BOOKSEGM_ROOT": str(tmp_path)},
-    )
+    result = run_predict(tmp_path, f"ckpt_path={weights}", f"input={tmp_path / 'nowhere'}")
     assert result.returncode != 0
     assert f"booksegm: error: input={tmp_path / 'nowhere'}: no such file or folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def run_predict(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "booksegm.predict", *overrides], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "BOOKSEGM_ROOT": str(cwd)}, check=False,
+    )
+
+
+def test_a_non_empty_output_dir_is_refused_before_the_model_is_loaded(photos, tmp_path):
+    out = tmp_path / "out"
+    (out / "overlay").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"output_dir={out} is not empty: .*overwrite=true"):
+        # no such checkpoint: the refusal comes before the model is loaded
+        predict(PredictConfig(ckpt_path=str(tmp_path / "none.pth"), input=str(photos), output_dir=str(out)))
+    assert (out / "overlay").is_dir()
+    out_file = tmp_path / "a_file"
+    out_file.write_text("")
+    with pytest.raises(ConfigError, match="a file, not a folder"):
+        predict(PredictConfig(ckpt_path=str(tmp_path / "none.pth"), input=str(photos), output_dir=str(out_file)))
+
+
+def test_overwrite_replaces_every_earlier_output_and_keeps_other_files(weights, photos, tmp_path):
+    """The second run asks for the COCO file of one photo: the first run's overlays and masks of
+    both photos go, so the folder holds this run's outputs only; a file of the user's stays."""
+    out = tmp_path / "out"
+    predict(PredictConfig(ckpt_path=str(weights), input=str(photos), output_dir=str(out), score_threshold=0.0,
+                          device="cpu"))
+    (out / "notes.txt").write_text("mine")
+    predict(PredictConfig(ckpt_path=str(weights), input=str(photos / "sub"), output_dir=str(out), formats=["coco"],
+                          score_threshold=0.0, device="cpu", overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "predictions_coco.json"]
+    coco = COCO(str(out / "predictions_coco.json"))
+    assert [image["file_name"] for image in coco.dataset["images"]] == ["grey.png"]
+
+
+def test_the_command_writes_its_run_folder_and_refuses_to_write_into_it_again(weights, photos, tmp_path):
+    """The default output_dir is the run folder Hydra has just made (with its .hydra and log):
+    new, so not refused; given again as output_dir, it is refused in one line."""
+    photo = f"input={photos / 'sub' / 'grey.png'}"
+    first = run_predict(tmp_path, f"ckpt_path={weights}", photo, "formats=[coco]", "device=cpu")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "predict" / "runs").iterdir()
+    assert (run / ".hydra").is_dir() and (run / "predictions_coco.json").is_file()
+
+    again = run_predict(tmp_path, f"ckpt_path={weights}", photo, "formats=[coco]", "device=cpu", f"output_dir={run}")
+    assert again.returncode != 0
+    assert f"booksegm: error: output_dir={run} is not empty" in again.stderr and "overwrite=true" in again.stderr
+    assert "Traceback" not in again.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from booksegm.data import images as images_module
 from booksegm.data.datamodule import BookDataModule, DataConfig, split_records
 from booksegm.data.records import ImageRecord
 from booksegm.data.resize import ResizeConfig
@@ -35,6 +37,12 @@ def write_via_set(root: Path, images: dict[str, list[dict]], missing: tuple[str,
     path = root / "via_region_data.json"
     path.write_text(json.dumps(data))
     return path
+
+
+def truncate_jpeg(path: Path) -> None:
+    """Rewrite ``path`` as a noise JPEG cut in half: its header reads, its pixels do not decode."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def make_datamodule(root: Path, **overrides) -> BookDataModule:
@@ -120,3 +128,76 @@ def test_bad_data_values_fail_early(tmp_path, field, value, message):
 
     with pytest.raises(ConfigError, match=message):
         make_datamodule(tmp_path, **{field: value})
+
+
+BOOK = [polygon_region([10, 30, 30, 10], [5, 5, 45, 45])]
+
+
+def test_a_truncated_jpeg_is_skipped_at_setup_with_the_check_message(tmp_path, caplog):
+    write_via_set(tmp_path, {"a.jpg": BOOK, "cut.jpg": BOOK})
+    truncate_jpeg(tmp_path / "cut.jpg")
+    with caplog.at_level(logging.INFO):
+        dm = make_datamodule(tmp_path)
+    assert [r.file_name for r in dm.train_records] == ["a.jpg"]
+    # the counts and file list of `python -m booksegm.data check`
+    assert "2 listed, 2 found, 0 missing, 1 unreadable" in caplog.text
+    assert "cut.jpg: cannot decode: image file is truncated" in caplog.text
+    assert "1 of 2 images skipped" in caplog.text
+
+
+def count_decodes(monkeypatch) -> list:
+    decoded = []
+    real = images_module.verify_image
+    monkeypatch.setattr(images_module, "verify_image", lambda path: (decoded.append(Path(path).name), real(path))[1])
+    return decoded
+
+
+def test_the_image_check_cache_spares_later_setups_the_decoding(tmp_path, monkeypatch):
+    write_via_set(tmp_path / "data", {"a.jpg": BOOK, "b.jpg": BOOK, "cut.jpg": BOOK})
+    truncate_jpeg(tmp_path / "data" / "cut.jpg")
+    decoded = count_decodes(monkeypatch)
+    cache = tmp_path / "cache" / "image_checks.json"
+    make_datamodule(tmp_path / "data", image_check_cache=str(cache))
+    assert sorted(decoded) == ["a.jpg", "b.jpg", "cut.jpg"]  # each once, though two passes ask
+    decoded.clear()
+    dm = make_datamodule(tmp_path / "data", image_check_cache=str(cache))
+    assert decoded == ["cut.jpg"] and len(dm.train_records) == 2  # failures are not remembered
+    decoded.clear()
+    os.utime(tmp_path / "data" / "b.jpg", ns=(0, 0))  # a changed file is decoded again
+    make_datamodule(tmp_path / "data", image_check_cache=str(cache))
+    assert sorted(decoded) == ["b.jpg", "cut.jpg"]
+
+
+@pytest.mark.parametrize("broken", ["corrupt", "unwritable"])
+def test_a_bad_image_check_cache_only_costs_the_decoding(tmp_path, monkeypatch, caplog, broken):
+    write_via_set(tmp_path / "data", {"a.jpg": BOOK})
+    if broken == "corrupt":
+        cache = tmp_path / "image_checks.json"
+        cache.write_text('{"half a')
+    else:
+        (tmp_path / "a_file").write_text("")
+        cache = tmp_path / "a_file" / "image_checks.json"  # its folder cannot be made
+    decoded = count_decodes(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert len(make_datamodule(tmp_path / "data", image_check_cache=str(cache)).train_records) == 1
+    assert f"{cache}: image check cache" in caplog.text
+    assert decoded == (["a.jpg"] if broken == "corrupt" else ["a.jpg", "a.jpg"])  # a corrupt one is rewritten
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_image_unreadable_after_setup_is_skipped_and_counted(tmp_path, caplog, num_workers):
+    write_via_set(tmp_path, {"a.jpg": BOOK, "b.jpg": BOOK, "c.jpg": BOOK})
+    dm = make_datamodule(tmp_path, batch_size=1, val_batch_size=2, num_workers=num_workers)
+    dm.val_records = dm.train_records[:2]
+    truncate_jpeg(tmp_path / "b.jpg")  # changed after the start-up check
+    with caplog.at_level(logging.WARNING):
+        # b.jpg's batch of one is None (Lightning's training loop skips it) or left out
+        train = [batch for batch in dm.train_dataloader() if batch is not None]
+        val = list(dm.val_dataloader())  # b.jpg is dropped from its batch
+        assert len(train) == 2 and [len(images) for images, _ in val] == [1]
+        assert dm.skipped_images.value == 2
+        dm.teardown("fit")
+    if num_workers == 0:  # worker processes log to their own handlers
+        assert "b.jpg: cannot decode: image file is truncated" in caplog.text
+    assert "images skipped during the run as they no longer loaded: 2" in caplog.text

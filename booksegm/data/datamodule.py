@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from booksegm.config import ConfigError
 import logging
+import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,11 +13,11 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from booksegm.data.dataset import BookDataset, collate_detection
+from booksegm.data.dataset import BookDataset, SkipEmptyBatches, collate_detection
 from booksegm.data.check import format_report, summarize
 from booksegm.data.formats import load_annotations
 from booksegm.data.formats.common import UNKNOWN_CLASS_POLICIES
-from booksegm.data.images import ImageReadError, image_size
+from booksegm.data.images import ImageChecks, ImageReadError
 from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, cap_instances
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import STYLES, generate_dataset
@@ -59,6 +61,7 @@ class DataConfig:
     batch_size: int = 2  # IMAGES_PER_GPU
     val_batch_size: int = 2  # images per validation batch
     num_workers: int = 2  # DataLoader worker processes
+    image_check_cache: str | None = None  # remembers images that decoded (path, size, mtime); null = decode all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when format=synthetic
 
     def validate(self) -> None:
@@ -93,6 +96,8 @@ class BookDataModule(pl.LightningDataModule):
         self.class_map = ClassMap(cfg.classes, cfg.class_aliases)
         self.train_records: list[ImageRecord] = []
         self.val_records: list[ImageRecord] = []
+        # images that stopped loading after setup, skipped and counted by every loader's workers
+        self.skipped_images = multiprocessing.Value("i", 0)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -112,16 +117,22 @@ class BookDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:
             return
-        records = self._load(self.cfg.annotations)
+        # every image is decoded once, as `data check` does, so a broken file is skipped now instead of
+        # ending the run mid-epoch; files unchanged since a run decoded them are not decoded again
+        checks = ImageChecks(self.cfg.image_check_cache)
+        records = self._load(self.cfg.annotations, checks)
         if self.cfg.val_annotations:
-            self.train_records, self.val_records = records, self._load(self.cfg.val_annotations)
+            self.train_records, self.val_records = records, self._load(self.cfg.val_annotations, checks)
         else:
             self.train_records, self.val_records = split_records(records, self.cfg)
+        checks.save()
+        log.info("image check: %d images decoded in %.2f s; unchanged ones are remembered in %s",
+                 checks.decoded, checks.seconds, checks.cache_file or "no file (data.image_check_cache is null)")
         if not self.train_records:
             raise AnnotationError(f"no usable training images in {self.root}: see the skips logged above")
         log.info("data: %d training, %d validation images", len(self.train_records), len(self.val_records))
 
-    def _load(self, relative: str | None) -> list[ImageRecord]:
+    def _load(self, relative: str | None, checks: ImageChecks) -> list[ImageRecord]:
         fmt = "via" if self.cfg.format == "synthetic" else self.cfg.format
         path = self.root / relative if relative else default_annotations(self.root, fmt)
         image_root = self.root / self.cfg.images if self.cfg.images else None
@@ -129,22 +140,36 @@ class BookDataModule(pl.LightningDataModule):
             path, format=fmt, image_root=image_root, class_map=self.class_map, class_attribute=self.cfg.class_attribute,
             polyline_as_outline=self.cfg.polyline_as_outline, on_unknown_class=self.cfg.on_unknown_class,
         )
-        # the same summary as `python -m booksegm.data check`, headers only
-        log.info("annotations:\n%s", format_report(summarize(annotations, decode=False)))
-        return [cap_instances(r, self.cfg.max_gt_instances) for r in readable_records(annotations)]
+        # the same summary as `python -m booksegm.data check`
+        log.info("annotations:\n%s", format_report(summarize(annotations, verify=checks.verify)))
+        return [cap_instances(r, self.cfg.max_gt_instances) for r in readable_records(annotations, checks.verify)]
+
+    def teardown(self, stage: str) -> None:
+        with self.skipped_images.get_lock():
+            skipped, self.skipped_images.value = self.skipped_images.value, 0
+        if not skipped:
+            return
+        log.warning("images skipped during the run as they no longer loaded: %d (each is named above)", skipped)
+        if self.trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"data/skipped_images": skipped}, step=self.trainer.global_step)
 
     def train_dataloader(self) -> DataLoader:
         dataset = BookDataset(
-            self.train_records, self.cfg.resize, build_augmentation(self.cfg.augment), self.cfg.min_instance_area
+            self.train_records, self.cfg.resize, build_augmentation(self.cfg.augment), self.cfg.min_instance_area,
+            skipped=self.skipped_images,
         )
         return self._loader(dataset, self.cfg.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = BookDataset(self.val_records, self.cfg.effective_val_resize, None, self.cfg.min_instance_area)
+        dataset = BookDataset(
+            self.val_records, self.cfg.effective_val_resize, None, self.cfg.min_instance_area,
+            skipped=self.skipped_images,
+        )
         return self._loader(dataset, self.cfg.val_batch_size, shuffle=False)
 
     def _loader(self, dataset: BookDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return SkipEmptyBatches(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -165,12 +190,12 @@ def default_annotations(root: Path, fmt: str) -> Path:
     return candidates[0]
 
 
-def readable_records(annotations: AnnotationSet) -> list[ImageRecord]:
-    """Drop images whose file is missing or unreadable, logging each (never silently)."""
+def readable_records(annotations: AnnotationSet, verify: Callable[[Path], None]) -> list[ImageRecord]:
+    """Drop images whose file is missing or unreadable (``verify`` raises), logging each (never silently)."""
     usable = []
     for record in annotations.records:
         try:
-            image_size(record.path)
+            verify(record.path)
         except ImageReadError as err:
             log.warning("skipping image: %s", err)
             continue

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+from multiprocessing.sharedctypes import Synchronized
+
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from booksegm.data.images import load_rgb
+from booksegm.data.images import ImageReadError, load_rgb
 from booksegm.data.records import ImageRecord
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
 from booksegm.data.transforms import augment_image_and_polygons, rasterize
+
+log = logging.getLogger(__name__)
 
 
 class BookDataset(Dataset):
@@ -18,7 +24,9 @@ class BookDataset(Dataset):
 
     Masks are drawn only at the output size, after every geometric transform, so a large photo
     never holds full-resolution masks. Instances left with fewer than ``min_area`` pixels
-    (rotated or cropped out of frame) are dropped.
+    (rotated or cropped out of frame) are dropped. An image that no longer loads (changed since
+    the datamodule's start-up check) gives None, logged and counted in ``skipped``: shared memory,
+    so DataLoader workers count into it too.
     """
 
     def __init__(
@@ -27,18 +35,27 @@ class BookDataset(Dataset):
         resize: ResizeConfig,
         augment: A.Compose | None = None,
         min_area: int = 1,
+        skipped: Synchronized | None = None,
     ):
         self.records = records
         self.resize = resize
         self.augment = augment
         self.min_area = min_area
+        self.skipped = skipped if skipped is not None else multiprocessing.Value("i", 0)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         record = self.records[index]
-        image = load_rgb(record.path)
+        try:
+            image = load_rgb(record.path)
+        except ImageReadError as err:  # changed since the start-up check: skip and count, not end the run
+            with self.skipped.get_lock():
+                self.skipped.value += 1
+                count = self.skipped.value
+            log.warning("skipping an image that no longer loads: %s (%d skipped in this run)", err, count)
+            return None
         # one seed per sample from torch's RNG, which Lightning seeds per worker: reproducible
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         polygons = [p for inst in record.instances for p in inst.polygons]
@@ -88,5 +105,19 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 def collate_detection(batch):
-    """Lists of images and targets: detection images differ in size and instance counts."""
-    return tuple(zip(*batch))
+    """Lists of images and targets (detection images differ in size and instance counts), without
+    the items that did not load (None); None when no item loaded."""
+    batch = [item for item in batch if item is not None]
+    return tuple(zip(*batch)) if batch else None
+
+
+class SkipEmptyBatches(DataLoader):
+    """A DataLoader that leaves out the batches in which no image loaded (collate_detection's None).
+
+    Lightning's training loop skips a None batch by itself; validation and evaluation steps would
+    fail on one.
+    """
+
+    def __iter__(self):
+        batches = super().__iter__()
+        return (batch for batch in batches if batch is not None)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from booksegm.data.records import AnnotationError
+
+log = logging.getLogger(__name__)
 
 
 class ImageReadError(AnnotationError):
@@ -75,6 +81,69 @@ def verify_image(path: str | Path) -> None:
         raise ImageReadError(f"{path}: not found") from None
     except Exception as err:
         raise ImageReadError(f"{path}: cannot decode: {err}") from err
+
+
+class ImageChecks:
+    """:func:`verify_image` with a memory, for checking a whole dataset at every start-up.
+
+    A file that decoded is not decoded again while its size and modification time stay the same,
+    across runs through ``cache_file`` (JSON, ``{absolute path: [bytes, mtime_ns]}``), and within
+    one setup for failures too. A cache file that is missing, corrupt or unwritable only costs the
+    decoding it would have saved. ``decoded`` and ``seconds`` say what this object decoded.
+    """
+
+    def __init__(self, cache_file: str | Path | None = None):
+        self.cache_file = Path(cache_file).expanduser() if cache_file else None
+        self.known = self._read()
+        self.failed: dict[str, ImageReadError] = {}
+        self.decoded, self.seconds, self.changed = 0, 0.0, False
+
+    def verify(self, path: str | Path) -> None:
+        path = Path(path)
+        key = str(path.absolute())
+        if key in self.failed:
+            raise self.failed[key]
+        try:
+            stat = path.stat()
+            stamp = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            stamp = None  # missing or inaccessible: verify_image raises the error that says which
+        if stamp is not None and self.known.get(key) == stamp:
+            return
+        started = time.perf_counter()
+        try:
+            verify_image(path)
+        except ImageReadError as err:
+            self.failed[key] = err
+            raise
+        finally:
+            self.decoded += stamp is not None
+            self.seconds += time.perf_counter() - started
+        self.known[key], self.changed = stamp, True
+
+    def save(self) -> None:
+        if self.cache_file is None or not self.changed:
+            return
+        temporary = self.cache_file.with_name(f"{self.cache_file.name}.{os.getpid()}.tmp")
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(self.known))
+            os.replace(temporary, self.cache_file)  # whole or not at all, for runs reading it meanwhile
+        except OSError as err:
+            log.warning("%s: image check cache not saved (%s); the next run decodes the images again",
+                        self.cache_file, err)
+
+    def _read(self) -> dict:
+        if self.cache_file is None or not self.cache_file.is_file():
+            return {}
+        try:
+            known = json.loads(self.cache_file.read_text())
+            if not isinstance(known, dict):
+                raise ValueError("not a JSON object")
+            return known
+        except (OSError, ValueError) as err:  # ValueError: bad JSON, bad UTF-8
+            log.warning("%s: image check cache unreadable (%s); the images are decoded again", self.cache_file, err)
+            return {}
 
 
 def exif_orientation(image: Image.Image) -> int:

@@ -162,9 +162,8 @@ def format_report(boxes: np.ndarray, scores: list[Score], resize: ResizeConfig, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    # the data CLI's reader options, so both commands read annotations the same way
-    from booksegm.data.__main__ import add_reader_arguments, reader_options
     from booksegm.data.formats import load_annotations
+    from booksegm.data.formats.options import add_reader_arguments, reader_options
 
     default_resize, default_anchors = ResizeConfig(), AnchorConfig()
     parser = argparse.ArgumentParser(prog="python -m booksegm.anchors", description=__doc__.splitlines()[0])
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resize.validate(training=True)
         current.validate()
-        annotations = load_annotations(args.annotations, args.format, args.images, **reader_options(args))
+        annotations = load_annotations(args.annotations, args.format, reader_options(args))
     except ValueError as err:  # ConfigError and AnnotationError: one line naming the problem
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -42,10 +42,10 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from booksegm.config import ConfigError
-from booksegm.data.formats.coco import rle_outlines
-from booksegm.data.formats.common import json_number
+from booksegm.data.formats.geometry import mask_outlines
+from booksegm.data.formats.via import write_via
 from booksegm.data.images import ImageReadError, load_rgb
-from booksegm.data.records import SkipRegion
+from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 from booksegm.data.resize import ResizeConfig
 from booksegm.evaluation.coco_eval import encode_masks
 from booksegm.evaluation.visualize import color_splash, draw_instances
@@ -69,7 +69,6 @@ FORMATS = tuple(OUTPUTS)
 VIDEO_FORMATS = ("overlay", "splash")  # what a video is written back as
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-VIA_VERSION = "2.0.10"
 
 
 @dataclass
@@ -138,7 +137,8 @@ class PhotoOutputs:
         self.class_names, self.polygon_tolerance = class_names, polygon_tolerance
         self.coco = {"images": [], "annotations": [],
                      "categories": [{"id": i, "name": n} for i, n in enumerate(class_names, start=1)]}
-        self.via: dict[str, dict] = {}
+        self.via = AnnotationSet(source=out / OUTPUTS["via"], flavour="via2_project", records=[],
+                                 class_names=tuple(class_names))
 
     def add(self, path: Path, image: np.ndarray, detections: Detections) -> None:
         name = path.relative_to(self.root)
@@ -151,17 +151,15 @@ class PhotoOutputs:
             folder.mkdir(parents=True, exist_ok=True)  # empty for a photo without detections
             for k, (mask, label, score) in enumerate(zip(detections.masks, detections.labels, detections.scores)):
                 save_png(mask.astype(np.uint8) * 255, folder / f"{k:03d}_{self.class_names[label - 1]}_{score:.2f}.png")
-        if not {"coco", "via"} & set(self.formats):
-            return
+        if "coco" in self.formats:
+            self._add_coco(name, image, detections)
+        if "via" in self.formats:
+            self._add_via(path, name, detections)
+
+    def _add_coco(self, name: Path, image: np.ndarray, detections: Detections) -> None:
         rles = encode_masks(detections.masks)
         for rle in rles:
             rle["counts"] = rle["counts"].decode("ascii")  # JSON text, as COCO files hold it
-        if "coco" in self.formats:
-            self._add_coco(name, image, detections, rles)
-        if "via" in self.formats:
-            self._add_via(path, name, detections, rles)
-
-    def _add_coco(self, name: Path, image: np.ndarray, detections: Detections, rles: list[dict]) -> None:
         image_id = len(self.coco["images"]) + 1
         height, width = image.shape[:2]
         self.coco["images"].append({"id": image_id, "file_name": name.as_posix(), "width": width, "height": height})
@@ -173,72 +171,32 @@ class PhotoOutputs:
                 "area": int(mask_util.area(rle)), "segmentation": rle, "iscrowd": 0,
             })
 
-    def _add_via(self, path: Path, name: Path, detections: Detections, rles: list[dict]) -> None:
-        regions = []
-        for label, score, rle in zip(detections.labels, detections.scores, rles):
-            outline = via_outline(rle, self.polygon_tolerance)
+    def _add_via(self, path: Path, name: Path, detections: Detections) -> None:
+        instances = []
+        for label, score, mask in zip(detections.labels, detections.scores, detections.masks):
+            outline = via_outline(mask, self.polygon_tolerance)
             if outline is not None:
-                regions.append({
-                    "shape_attributes": {"name": "polygon", "all_points_x": [json_number(v) for v in outline[:, 0]],
-                                         "all_points_y": [json_number(v) for v in outline[:, 1]]},
-                    "region_attributes": {"name": self.class_names[label - 1], "score": f"{score:.3f}"},
-                })
-        size = path.stat().st_size
-        self.via[f"{name.as_posix()}{size}"] = {  # VIA's key: file name + byte size
-            "filename": name.as_posix(), "size": size, "regions": regions, "file_attributes": {},
-        }
+                instances.append(Instance((outline,), int(label), score=float(score)))
+        self.via.records.append(ImageRecord(name.as_posix(), path, instances))
 
     def close(self) -> None:
         if "coco" in self.formats:
             write_json(self.coco, self.out / OUTPUTS["coco"])
         if "via" in self.formats:
-            write_json(via_project(self.via, self.root, self.class_names), self.out / OUTPUTS["via"])
+            write_via(self.via, self.out / OUTPUTS["via"], image_root=self.root, project=True)
 
 
-def via_outline(rle: dict, tolerance: float) -> np.ndarray | None:
+def via_outline(mask: np.ndarray, tolerance: float) -> np.ndarray | None:
     """The outline of a mask's largest part, on pixel edges, simplified; None for an empty mask.
 
     VIA holds one polygon per region, so a detection split in parts keeps its largest one.
     """
-    try:
-        outlines = rle_outlines(rle)
-    except SkipRegion:
+    outlines = mask_outlines(mask)
+    if not outlines:
         return None
     largest = max(outlines, key=lambda p: abs(cv2.contourArea(p)))
     simplified = cv2.approxPolyDP(largest.reshape(-1, 1, 2), tolerance, closed=True).reshape(-1, 2)
     return simplified if len(simplified) >= 3 else largest
-
-
-def via_project(images: dict[str, dict], root: Path, class_names: list[str]) -> dict:
-    """A VIA 2 project file (Project > Load in VIA 2.x): the images, a class dropdown, settings.
-
-    ``default_filepath`` points VIA at the input folder, so the photos open with their regions.
-    """
-    return {
-        "_via_settings": {
-            "ui": {
-                "annotation_editor_height": 25, "annotation_editor_fontsize": 0.8, "leftsidebar_width": 18,
-                "image_grid": {"img_height": 80, "rshape_fill": "none", "rshape_fill_opacity": 0.3,
-                               "rshape_stroke": "yellow", "rshape_stroke_width": 2, "show_region_shape": True,
-                               "show_image_policy": "all"},
-                "image": {"region_label": "name", "region_color": "__via_default_region_color__",
-                          "region_label_font": "10px Sans", "on_image_annotation_editor_placement": "NEAR_REGION"},
-            },
-            "core": {"buffer_size": 18, "filepath": {}, "default_filepath": root.resolve().as_posix() + "/"},
-            "project": {"name": "booksegm_predictions"},
-        },
-        "_via_img_metadata": images,
-        "_via_attributes": {
-            "region": {
-                "name": {"type": "dropdown", "description": "class", "options": dict.fromkeys(class_names, ""),
-                         "default_options": {class_names[0]: True}},
-                "score": {"type": "text", "description": "booksegm prediction score", "default_value": ""},
-            },
-            "file": {},
-        },
-        "_via_data_format_version": VIA_VERSION,
-        "_via_image_id_list": list(images),
-    }
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

@@ -14,6 +14,7 @@ from booksegm.data.__main__ import main
 from booksegm.data.check import summarize
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.formats import load_annotations
+from booksegm.data.formats.options import ReaderOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (real VIA files, book-spines) is absent")
@@ -140,7 +141,8 @@ def test_real_via_files_match_the_readme(capsys, name):
 
 @needs_shared
 def test_real_via_files_skip_what_has_no_area_or_class():
-    via1 = summarize(load_annotations(SHARED / "via-samples" / "via1_all_shapes.json", on_unknown_class="skip"))
+    skip = ReaderOptions(on_unknown_class="skip")
+    via1 = summarize(load_annotations(SHARED / "via-samples" / "via1_all_shapes.json", options=skip))
     assert via1["regions"]["skipped"]["point has no area"] == 5
     assert via1["regions"]["used"] == 2  # the circle and ellipse with empty attributes; the others name no book
     rects = summarize(load_annotations(SHARED / "via-samples" / "via2_export_rects_numeric_attrs.json"))

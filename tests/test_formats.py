@@ -14,8 +14,10 @@ from pycocotools import mask as mask_utils
 from booksegm.data.__main__ import main
 from booksegm.data.formats import load_annotations, save_annotations
 from booksegm.data.formats.coco import read_coco, rle_mask
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.formats.via import read_via, write_via
 from booksegm.data.formats.yolo import read_yolo
-from booksegm.data.records import AnnotationError, ClassMap
+from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, Instance
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPINES = ClassMap(["book"], aliases={"book-s-spine": "book"})
@@ -60,7 +62,7 @@ def yolo_split(root: Path, labels: dict[str, str], images=("a.png",), names=None
 def test_yolo_polygons_and_boxes_in_pixels(tmp_path):
     split = yolo_split(tmp_path, {"a": "0 0.1 0.1 0.5 0.1 0.5 0.6 0.1 0.1\n\n0 0.5 0.5 0.2 0.4\n"},
                        images=("a.png", "b.png"), names=["book-s-spine"])
-    annotations = read_yolo(split, class_map=SPINES)
+    annotations = read_yolo(split, ReaderOptions(class_map=SPINES))
     a, b = annotations.records
     assert annotations.flavour == "yolo" and a.num_regions == 2 and b.num_regions == 0 and b.instances == []
     assert a.instances[0].polygons[0].tolist() == [[20, 10], [100, 10], [100, 60]]
@@ -77,15 +79,16 @@ def test_yolo_label_without_its_image_is_listed_missing_and_its_regions_skipped(
 
 def test_yolo_class_ids_without_data_yaml_are_data_classes_in_order(tmp_path):
     split = yolo_split(tmp_path, {"a": "1 0.1 0.1 0.5 0.1 0.5 0.6\n0 0.1 0.1 0.5 0.1 0.5 0.6\n"})
-    assert [i.label for i in read_yolo(split, class_map=ClassMap(["book", "shelf"])).records[0].instances] == [2, 1]
+    (record,) = read_yolo(split, ReaderOptions(class_map=ClassMap(["book", "shelf"]))).records
+    assert [i.label for i in record.instances] == [2, 1]
     with pytest.raises(AnnotationError, match=r"a\.txt: line 1: class id 1, but data\.classes \['book'\] has 1"):
         read_yolo(split)
-    assert read_yolo(split, on_unknown_class="skip").skipped == {"class id 1 not in data.classes": 1}
+    assert read_yolo(split, ReaderOptions(on_unknown_class="skip")).skipped == {"class id 1 not in data.classes": 1}
 
 
 def test_yolo_names_as_a_mapping_and_unknown_names(tmp_path):
     split = yolo_split(tmp_path, {"a": "0 0.1 0.1 0.5 0.1 0.5 0.6\n"}, names={0: "book-s-spine"})
-    assert len(read_yolo(split, class_map=SPINES).records[0].instances) == 1
+    assert len(read_yolo(split, ReaderOptions(class_map=SPINES)).records[0].instances) == 1
     with pytest.raises(AnnotationError, match=r"class 'book-s-spine' is not in data\.classes \['book'\]"):
         read_yolo(split)
 
@@ -108,7 +111,7 @@ def test_yolo_bad_lines_name_file_and_line(tmp_path, line, message):
 def test_yolo_every_bad_line_is_collected(tmp_path):
     split = yolo_split(tmp_path, {"a": "0 0.1 0.1 0.5 0.1 0.5 0.6\n0 x\n", "b": "\n\n0 0.1 0.1 0.5\n"},
                        images=("a.png", "b.png"))
-    annotations = read_yolo(split, collect_errors=True)
+    annotations = read_yolo(split, ReaderOptions(collect_errors=True))
     assert [e.split("labels/")[1] for e in annotations.errors] == [
         "a.txt: line 2: expected numbers 'class_id x1 y1 x2 y2 ...', got '0 x'",
         "b.txt: line 3: expected x y pairs of finite numbers after the class id, got 3 numbers",
@@ -216,7 +219,7 @@ def test_coco_every_bad_annotation_is_collected(tmp_path):
     data = json.loads(path.read_text())
     data["annotations"].append({"id": 4, "image_id": 9, "category_id": 7, "segmentation": []})
     path.write_text(json.dumps(data))
-    annotations = read_coco(path, collect_errors=True)
+    annotations = read_coco(path, ReaderOptions(collect_errors=True))
     assert [e.split("instances.json: ")[1] for e in annotations.errors] == [
         "annotation 4: image_id 9 is not in 'images'",
         "annotation 1 of 'a.png': polygon coordinate must be a number, got '9'",
@@ -248,7 +251,7 @@ def test_coco_unknown_category_names(tmp_path):
     path = coco_file(tmp_path, [{"segmentation": [[0, 0, 9, 0, 9, 9]]}], categories=[{"id": 7, "name": "lamp"}])
     with pytest.raises(AnnotationError, match=r"class 'lamp' is not in data\.classes"):
         read_coco(path)
-    assert read_coco(path, on_unknown_class="skip").skipped == {"class 'lamp' not in data.classes": 1}
+    assert read_coco(path, ReaderOptions(on_unknown_class="skip")).skipped == {"class 'lamp' not in data.classes": 1}
 
 
 # -- dispatch -----------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ def test_load_annotations_detects_the_format_and_rejects_options_of_another(tmp_
     coco = coco_file(tmp_path, [])
     assert load_annotations(coco).flavour == "coco"
     with pytest.raises(AnnotationError, match="class_attribute and polyline_as_outline apply to VIA files, not to"):
-        load_annotations(coco, class_attribute="name")
+        load_annotations(coco, options=ReaderOptions(class_attribute="name"))
     with pytest.raises(AnnotationError, match="annotation format 'xml' is unknown"):
         load_annotations(coco, format="xml")
     (tmp_path / "labels.csv").write_text("")
@@ -290,6 +293,22 @@ def test_via_to_coco_to_via_keeps_every_polygon(tmp_path):
     assert written["categories"] == [{"id": 1, "name": "book", "supercategory": ""}]
 
 
+def test_via_project_with_scores_names_images_under_the_image_root(tmp_path):
+    save_image(tmp_path / "photos" / "sub" / "a.png", 80, 60)
+    square = np.array([[10, 10], [30.5, 10], [30.5, 30]], dtype=np.float32)
+    record = ImageRecord("sub/a.png", tmp_path / "photos" / "sub" / "a.png", [Instance((square,), 1, score=0.87654)])
+    predictions = AnnotationSet(tmp_path, "via2_project", [record], ("book",))
+    write_via(predictions, tmp_path / "out" / "via.json", image_root=tmp_path / "photos", project=True)
+    written = json.loads((tmp_path / "out" / "via.json").read_text())
+    (entry,) = written["_via_img_metadata"].values()
+    assert entry["filename"] == "sub/a.png"
+    assert entry["regions"][0]["region_attributes"] == {"name": "book", "score": "0.877"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["via.json"]  # no partial file left
+    again = read_via(tmp_path / "out" / "via.json", ReaderOptions(image_root=tmp_path / "photos"))
+    assert again.flavour == "via2_project"
+    assert_same_polygons(predictions, again)
+
+
 def test_instances_in_several_parts_become_one_via_region_per_part(tmp_path, caplog):
     path = coco_file(tmp_path, [{"segmentation": [[10, 10, 30, 10, 30, 30], [40, 40, 60, 40, 60, 50]]}])
     save_annotations(read_coco(path), tmp_path / "via.json", "via")
@@ -311,7 +330,7 @@ def test_convert_command(tmp_path, capsys):
 @pytest.mark.skipif(not (SHARED / "book-spines").is_dir(), reason="../shared/data/book-spines is absent")
 @pytest.mark.parametrize("split, images, instances", [("train", 96, 1006), ("valid", 23, 45)])
 def test_book_spines_to_via_to_coco_and_back_keeps_every_polygon(tmp_path, split, images, instances):
-    spines = load_annotations(SHARED / "book-spines" / split, class_map=SPINES)
+    spines = load_annotations(SHARED / "book-spines" / split, options=ReaderOptions(class_map=SPINES))
     assert (len(spines.records), spines.num_instances) == (images, instances)
     save_annotations(spines, tmp_path / "via.json", "via")
     as_via = load_annotations(tmp_path / "via.json")

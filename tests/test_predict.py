@@ -18,10 +18,11 @@ from pycocotools.coco import COCO
 
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.formats.coco import read_coco
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.formats.via import read_via
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import render_scene
 from booksegm.data.transforms import rasterize
-from booksegm.data.via import read_via
 from booksegm.evaluation.voc import mask_ious
 from booksegm.export import write_state_dict
 from booksegm.inference import (
@@ -126,7 +127,7 @@ def test_predict_writes_every_format_for_a_folder(weights, photos, score_thresho
     by_file = {image["file_name"]: len(coco.getAnnIds(imgIds=image["id"])) for image in coco.dataset["images"]}
     assert by_file == {"scene.jpg": mask_counts["scene"], "sub/grey.png": mask_counts["sub/grey"]}
 
-    via = read_via(out / "predictions_via.json", image_root=photos)
+    via = read_via(out / "predictions_via.json", ReaderOptions(image_root=photos))
     assert via.flavour == "via2_project"
     non_empty = {image["file_name"]: sum(coco.anns[i]["area"] > 0 for i in coco.getAnnIds(imgIds=image["id"]))
                  for image in coco.dataset["images"]}
@@ -157,9 +158,9 @@ def test_via_and_coco_outputs_reread_with_the_same_instances(tmp_path):
 
     largest_parts = masks.copy()
     largest_parts[2, 75:82, 95:105] = 0
-    via = reread(read_via(tmp_path / "out" / "predictions_via.json", image_root=tmp_path))
+    via = reread(read_via(tmp_path / "out" / "predictions_via.json", ReaderOptions(image_root=tmp_path)))
     assert np.diag(mask_ious(via.astype(bool), largest_parts.astype(bool))).min() > 0.9
-    coco = reread(read_coco(tmp_path / "out" / "predictions_coco.json", image_root=tmp_path))
+    coco = reread(read_coco(tmp_path / "out" / "predictions_coco.json", ReaderOptions(image_root=tmp_path)))
     assert np.diag(mask_ious(coco.astype(bool), masks.astype(bool))).min() > 0.99  # RLE: exact
 
 

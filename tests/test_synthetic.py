@@ -7,6 +7,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from booksegm.data.__main__ import main
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.formats.via import read_via
 from booksegm.data.records import ClassMap
 from booksegm.data.synthetic import (
     Item,
@@ -21,7 +23,6 @@ from booksegm.data.synthetic import (
     signed_area,
     visible_outline,
 )
-from booksegm.data.via import read_via
 
 WIDTH, HEIGHT = 160, 120
 SEED = 7
@@ -135,7 +136,7 @@ def test_cli_writes_the_set(tmp_path, capsys):
 
 
 def test_read_via_reads_the_polygons_back(dataset):
-    annotations = read_via(dataset, image_root=dataset.parent / "images", class_map=ClassMap(["book"]))
+    annotations = read_via(dataset, ReaderOptions(image_root=dataset.parent / "images", class_map=ClassMap(["book"])))
     assert annotations.flavour == "via2" and not annotations.skipped
     entries = json.loads(dataset.read_text())
     assert [r.file_name for r in annotations.records] == [e["filename"] for e in entries.values()]

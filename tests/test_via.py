@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.formats.via import read_via
 from booksegm.data.records import AnnotationError, ClassMap, ImageRecord, Instance, cap_instances
-from booksegm.data.via import read_via
 
 WIDTH, HEIGHT = 200, 150
 
@@ -57,7 +58,7 @@ def via2_export(tmp_path: Path, images: dict[str, list[dict]], with_files=True) 
 
 def read_one(tmp_path: Path, *regions: dict, **options):
     """Read one 200 x 150 image holding ``regions``; returns (AnnotationSet, its instances)."""
-    annotations = read_via(via2_export(tmp_path, {"a.png": list(regions)}), **options)
+    annotations = read_via(via2_export(tmp_path, {"a.png": list(regions)}), ReaderOptions(**options))
     return annotations, annotations.records[0].instances
 
 
@@ -149,7 +150,7 @@ def test_via3_option_attributes_are_read_as_their_labels(tmp_path):
     }
     path = via3_project(tmp_path, [{"xy": [2, 0, 0, 10, 10], "av": {"1": "0", "2": "a nice one"}},
                                    {"xy": [2, 0, 0, 10, 10], "av": {"1": "1"}}], attribute)
-    annotations = read_via(path, class_map=ClassMap(["book", "magazine"]))
+    annotations = read_via(path, ReaderOptions(class_map=ClassMap(["book", "magazine"])))
     assert [i.label for i in annotations.records[0].instances] == [1, 2]
 
 
@@ -157,7 +158,7 @@ def test_via3_checkbox_attributes_list_ticked_option_ids(tmp_path):
     attribute = {"1": {"aname": "type", "anchor_id": "FILE1_Z0_XY1", "type": 2, "options": {"a": "book", "b": "lamp"}}}
     path = via3_project(tmp_path, [{"xy": [2, 0, 0, 10, 10], "av": {"1": "a"}},
                                    {"xy": [2, 0, 0, 10, 10], "av": {"1": "a,b"}}], attribute)
-    annotations = read_via(path, on_unknown_class="skip")
+    annotations = read_via(path, ReaderOptions(on_unknown_class="skip"))
     assert [i.label for i in annotations.records[0].instances] == [1]
     assert annotations.skipped == {"several classes ticked": 1}
 
@@ -329,7 +330,7 @@ def test_file_names_resolve_against_the_image_root(tmp_path, written, on_disk):
     save_image(tmp_path / "imgs" / on_disk)
     data = {"k": {"filename": written, "size": "1234", "regions": [region(rect(0, 0, 9, 9))]}}
     (tmp_path / "via.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    record = read_via(tmp_path / "via.json", image_root=tmp_path / "imgs").records[0]
+    record = read_via(tmp_path / "via.json", ReaderOptions(image_root=tmp_path / "imgs")).records[0]
     assert record.file_name == written and record.path.is_file() and record.width == WIDTH
 
 
@@ -393,7 +394,7 @@ def test_every_bad_image_and_region_is_collected_not_only_the_first(tmp_path):
         "c": {"filename": "c.png", "regions": [5, region(polygon(["1", "9", "9"], [1, 1, 9]))]},
     }
     (tmp_path / "via.json").write_text(json.dumps(data))
-    annotations = read_via(tmp_path / "via.json", collect_errors=True)
+    annotations = read_via(tmp_path / "via.json", ReaderOptions(collect_errors=True))
     assert [e.split("via.json: ")[1] for e in annotations.errors] == [
         "image 'b': 'filename' must be a non-empty string, got ''",
         "image 'c.png', region 0: expected an object with 'shape_attributes', got int",
@@ -485,7 +486,7 @@ def test_any_via_like_json_gives_valid_instances_or_an_annotation_error(tmp_path
     path.write_text(json.dumps(data))
     save_image(tmp_path / "a.png", 64, 48)
     try:
-        annotations = read_via(path, on_unknown_class=policy, polyline_as_outline=outline)
+        annotations = read_via(path, ReaderOptions(on_unknown_class=policy, polyline_as_outline=outline))
     except AnnotationError:
         return
     for record in annotations.records:

@@ -14,6 +14,7 @@ import json
 import sys
 import time
 
+from booksegm.data.formats.options import add_reader_arguments, reader_options
 from booksegm.data.synthetic import STYLES
 
 
@@ -36,9 +37,7 @@ def check(args: argparse.Namespace) -> int:
     from booksegm.data.records import AnnotationError
 
     try:
-        annotations = load_annotations(
-            args.annotations, args.format, args.images, **reader_options(args), collect_errors=True
-        )
+        annotations = load_annotations(args.annotations, args.format, reader_options(args, collect_errors=True))
     except AnnotationError as err:  # a file that cannot be read at all: one error
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -52,7 +51,7 @@ def convert(args: argparse.Namespace) -> int:
     from booksegm.data.records import AnnotationError
 
     try:
-        annotations = load_annotations(args.src, args.from_format, args.images, **reader_options(args))
+        annotations = load_annotations(args.src, args.from_format, reader_options(args))
         save_annotations(annotations, args.dst, args.to)
     except AnnotationError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -63,36 +62,6 @@ def convert(args: argparse.Namespace) -> int:
     for assumption, n in annotations.assumed.most_common():
         print(f"  {assumption}: {n}")
     return 0
-
-
-def reader_options(args: argparse.Namespace) -> dict:
-    from booksegm.data.records import ClassMap
-
-    return {
-        "class_map": ClassMap(args.classes.split(","), dict(args.alias)),
-        "class_attribute": args.class_attribute,
-        "polyline_as_outline": args.polyline_as_outline,
-        "on_unknown_class": args.on_unknown_class,
-    }
-
-
-def alias(text: str) -> tuple[str, str]:
-    name, equals, target = text.partition("=")
-    if not (name and equals and target):
-        raise argparse.ArgumentTypeError(f"expected NAME=CLASS, got {text!r}")
-    return name, target
-
-
-def add_reader_arguments(p: argparse.ArgumentParser, on_unknown_class: str) -> None:
-    """The data.* settings that decide how annotations are read, as options."""
-    p.add_argument("--images", help="image folder (default: the annotation file's folder; YOLO: images/)")
-    p.add_argument("--classes", default="book", help="data.classes, comma-separated (default: book)")
-    p.add_argument("--alias", action="append", default=[], type=alias, metavar="NAME=CLASS",
-                   help="data.class_aliases entry, repeatable: --alias book-s-spine=book")
-    p.add_argument("--class-attribute", help="VIA region attribute holding the class (default: auto-detect)")
-    p.add_argument("--polyline-as-outline", action="store_true", help="VIA: use open polylines as outlines")
-    p.add_argument("--on-unknown-class", choices=("error", "skip"), default=on_unknown_class,
-                   help=f"class names not in --classes (default: {on_unknown_class})")
 
 
 def build_parser() -> argparse.ArgumentParser:

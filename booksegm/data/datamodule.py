@@ -17,6 +17,7 @@ from booksegm.data.dataset import BookDataset, SkipEmptyBatches, collate_detecti
 from booksegm.data.check import format_report, summarize
 from booksegm.data.formats import load_annotations
 from booksegm.data.formats.common import UNKNOWN_CLASS_POLICIES
+from booksegm.data.formats.options import ReaderOptions
 from booksegm.data.images import ImageChecks, ImageReadError
 from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, cap_instances
 from booksegm.data.resize import ResizeConfig
@@ -136,10 +137,11 @@ class BookDataModule(pl.LightningDataModule):
         fmt = "via" if self.cfg.format == "synthetic" else self.cfg.format
         path = self.root / relative if relative else default_annotations(self.root, fmt)
         image_root = self.root / self.cfg.images if self.cfg.images else None
-        annotations = load_annotations(
-            path, format=fmt, image_root=image_root, class_map=self.class_map, class_attribute=self.cfg.class_attribute,
+        options = ReaderOptions(
+            image_root=image_root, class_map=self.class_map, class_attribute=self.cfg.class_attribute,
             polyline_as_outline=self.cfg.polyline_as_outline, on_unknown_class=self.cfg.on_unknown_class,
         )
+        annotations = load_annotations(path, fmt, options)
         # the same summary as `python -m booksegm.data check`
         log.info("annotations:\n%s", format_report(summarize(annotations, verify=checks.verify)))
         return [cap_instances(r, self.cfg.max_gt_instances) for r in readable_records(annotations, checks.verify)]

@@ -43,6 +43,7 @@ class Instance:
     polygons: tuple[np.ndarray, ...]  # each (N, 2) float32, N >= 3, pixel coordinates
     label: int  # 1-based class id; 0 is background
     shape: str = "polygon"  # the shape it was drawn as (polygon, rect, circle, ...)
+    score: float | None = None  # a prediction's confidence; the VIA writer writes it as region attribute score
 
 
 @dataclass

@@ -23,14 +23,15 @@ top-left corner of the top-left pixel, so pixel (i, j) covers [i, i+1) x [j, j+1
 from __future__ import annotations
 
 import colorsys
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from booksegm.data.formats.via import write_via
+from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 
 SCENE_KINDS = ("shelf", "table", "empty")
 STYLES = ("photo", "plain")  # plain: the same scenes without light, shadows, blur, noise or vases and mugs
@@ -735,21 +736,6 @@ def book_polygons(scene: Scene, to_photo: np.ndarray, width: int, height: int) -
 # ---------------------------------------------------------------- dataset
 
 
-def via_entry(filename: str, size: int, polygons: list[np.ndarray]) -> dict:
-    regions = [
-        {
-            "shape_attributes": {
-                "name": "polygon",
-                "all_points_x": [round(float(x), 1) for x in polygon[:, 0]],
-                "all_points_y": [round(float(y), 1) for y in polygon[:, 1]],
-            },
-            "region_attributes": {"name": "book"},
-        }
-        for polygon in polygons
-    ]
-    return {"filename": filename, "size": size, "regions": regions, "file_attributes": {}}
-
-
 def generate_dataset(
     out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
     style: str = "photo",
@@ -761,16 +747,15 @@ def generate_dataset(
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    annotations = {}
+    json_path = out_dir / "via_region_data.json"
+    annotations = AnnotationSet(source=json_path, flavour="synthetic", records=[], class_names=("book",))
     for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
         image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         name = f"synth_{index:05d}.jpg"
         (image_dir / name).write_bytes(data)
-        annotations[name + str(len(data))] = via_entry(name, len(data), polygons)
-    json_path = out_dir / "via_region_data.json"
-    partial = json_path.with_suffix(".json.partial")  # the JSON appears only once the set is complete
-    partial.write_text(json.dumps(annotations))
-    os.replace(partial, json_path)
+        instances = [Instance((polygon,), 1) for polygon in polygons]
+        annotations.records.append(ImageRecord(name, image_dir / name, instances))
+    write_via(annotations, json_path, image_root=image_dir)  # bare file names: the image root is images/
     return json_path

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
-import shapely
-from shapely.geometry import LineString, Point, Polygon
+from shapely.geometry import Polygon
 
 from booksegm.data.formats.common import (
     ImageLocator,
     add_region,
-    check_policy,
     class_label,
     coordinate,
     file_name_from,
     header_size,
     json_number,
     read_json,
+    write_json,
 )
-from booksegm.data.formats.geometry import polygonal_parts, rect_polygon
-from booksegm.data.records import BOOK, AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
+from booksegm.data.formats.geometry import mask_outlines, rect_polygon
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.records import AnnotationError, AnnotationSet, BadRegion, ImageRecord, SkipRegion
 
 MAX_MASK_PIXELS = 1 << 28  # beyond PIL's decompression-bomb limit: a corrupt size, not a photo
 
 
-def read_coco(
-    path: str | Path,
-    image_root: str | Path | None = None,
-    class_map: ClassMap = BOOK,
-    on_unknown_class: str = "error",
-    collect_errors: bool = False,
-) -> AnnotationSet:
-    """Read a COCO instances file; images are looked up under ``image_root`` (default: its folder).
+def read_coco(path: str | Path, options: ReaderOptions = ReaderOptions()) -> AnnotationSet:
+    """Read a COCO instances file; images are looked up under ``options.image_root`` (default: its folder).
 
     Crowd annotations (``iscrowd: 1``) mark regions to ignore, not instances: they are skipped
     with a count. RLE masks become their outer outlines; annotations with no segmentation use
@@ -44,7 +36,7 @@ def read_coco(
     (``collect_errors``).
     """
     path = Path(path)
-    check_policy(on_unknown_class)
+    class_map = options.class_map
     data = read_json(path)
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise AnnotationError(f"{path}: not a COCO instances file: expected an object with 'images' and 'annotations'")
@@ -66,9 +58,9 @@ def read_coco(
         category = ann.get("category_id")
         if not isinstance(category, (int, str)) or category not in categories:
             raise BadRegion(f"category_id {category!r} is not in 'categories'")
-        return annotation_outlines(ann), *class_label(class_map, categories[category], on_unknown_class)
+        return annotation_outlines(ann), *class_label(class_map, categories[category], options.on_unknown_class)
 
-    locator = ImageLocator(Path(image_root) if image_root is not None else path.parent)
+    locator = ImageLocator(options.image_folder(path.parent))
     for image in images:
         file_name = image.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
@@ -83,7 +75,7 @@ def read_coco(
             where = f"{path}: annotation {ann.get('id')!r} of {file_name!r}"
             add_region(annotations, record, coco_shape(ann), where, partial(read_annotation, ann), size)
         annotations.records.append(record)
-    if not collect_errors:
+    if not options.collect_errors:
         annotations.raise_errors()
     return annotations
 
@@ -137,17 +129,8 @@ def flat_polygon(values: list) -> np.ndarray:
 
 
 def rle_outlines(rle: dict) -> list[np.ndarray]:
-    """The outer outlines of an RLE mask, on pixel edges (so they rasterise back to the same pixels)."""
-    contours, _ = cv2.findContours(rle_mask(rle), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    outlines = []
-    for contour in contours:
-        centres = contour[:, 0, :].astype(np.float64) + 0.5  # contours run through boundary pixel centres
-        if len(centres) >= 3:
-            line = Polygon(centres)
-        else:  # a one- or two-pixel run
-            line = LineString(centres) if len(centres) == 2 else Point(centres[0])
-        grown = shapely.make_valid(line).buffer(0.5, cap_style="square", join_style="mitre")  # out to pixel edges
-        outlines.extend(np.asarray(p.exterior.coords[:-1], dtype=np.float32) for p in polygonal_parts(grown))
+    """The outer outlines of an RLE mask, on pixel edges; SkipRegion for an empty one."""
+    outlines = mask_outlines(rle_mask(rle))
     if not outlines:
         raise SkipRegion("empty mask")
     return outlines
@@ -218,5 +201,4 @@ def write_coco(annotations: AnnotationSet, path: Path) -> None:
                 "iscrowd": 0,
             })
     categories = [{"id": i, "name": name, "supercategory": ""} for i, name in enumerate(annotations.class_names, 1)]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"images": images, "annotations": anns, "categories": categories}, f, ensure_ascii=False)
+    write_json({"images": images, "annotations": anns, "categories": categories}, path)

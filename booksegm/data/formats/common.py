@@ -113,13 +113,6 @@ def decimal(token: str) -> float:
     return float(token)
 
 
-def check_policy(on_unknown_class: str) -> None:
-    if on_unknown_class not in UNKNOWN_CLASS_POLICIES:
-        raise AnnotationError(
-            f"data.on_unknown_class={on_unknown_class!r} is unknown; choose one of {list(UNKNOWN_CLASS_POLICIES)}"
-        )
-
-
 def header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) when the image exists and its header reads, else None (reported elsewhere)."""
     if not path.is_file():
@@ -136,6 +129,15 @@ def file_name_from(image: Path, folder: Path) -> str:
         return Path(os.path.relpath(image, folder)).as_posix()
     except ValueError:  # another drive on Windows
         return Path(image).resolve().as_posix()
+
+
+def write_json(data: object, path: Path) -> None:
+    """Writes ``data`` to ``path`` whole or not at all: a reader never finds half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+    os.replace(partial, path)
 
 
 def json_number(value: float) -> int | float:

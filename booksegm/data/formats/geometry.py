@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import shapely
-from shapely.geometry import Polygon, box
+from shapely.geometry import LineString, Point, Polygon, box
 
 from booksegm.data.records import SkipRegion
 
@@ -69,6 +70,22 @@ def clean_polygon(points: np.ndarray, size: tuple[int, int] | None) -> tuple[lis
     if not parts:
         raise SkipRegion("outside the image")
     return parts, fixes
+
+
+def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """The outer outlines of a (H, W) mask's parts, on pixel edges (so they rasterise back to the
+    same pixels); none for an empty mask."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outlines = []
+    for contour in contours:
+        centres = contour[:, 0, :].astype(np.float64) + 0.5  # contours run through boundary pixel centres
+        if len(centres) >= 3:
+            line = Polygon(centres)
+        else:  # a one- or two-pixel run
+            line = LineString(centres) if len(centres) == 2 else Point(centres[0])
+        grown = shapely.make_valid(line).buffer(0.5, cap_style="square", join_style="mitre")  # out to pixel edges
+        outlines.extend(np.asarray(p.exterior.coords[:-1], dtype=np.float32) for p in polygonal_parts(grown))
+    return outlines
 
 
 def polygonal_parts(geometry) -> list[Polygon]:

@@ -15,33 +15,28 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from booksegm.data.formats.common import add_region, check_policy, class_label, decimal, header_size
+from booksegm.data.formats.common import add_region, class_label, decimal, header_size
 from booksegm.data.formats.geometry import rect_polygon
-from booksegm.data.records import BOOK, AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.records import AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DATA_YAML = ("data.yaml", "data.yml")
 
 
-def read_yolo(
-    path: str | Path,
-    image_root: str | Path | None = None,
-    class_map: ClassMap = BOOK,
-    on_unknown_class: str = "error",
-    collect_errors: bool = False,
-) -> AnnotationSet:
-    """Read the split folder ``path`` (``labels/`` and, unless ``image_root`` says, ``images/``).
+def read_yolo(path: str | Path, options: ReaderOptions = ReaderOptions()) -> AnnotationSet:
+    """Read the split folder ``path`` (``labels/`` and, unless ``options.image_root`` says, ``images/``).
 
     Bad lines and unreadable label files are handled as in read_via (``collect_errors``).
     """
     folder = Path(path)
-    check_policy(on_unknown_class)
+    class_map = options.class_map
     labels_dir = folder / "labels"
     if not labels_dir.is_dir():
         splits = yolo_splits(folder)
         hint = f"; it holds the splits {splits}: pass one of them" if splits else ""
         raise AnnotationError(f"{folder}: not a YOLO-seg folder: no labels/ folder{hint}")
-    images_dir = Path(image_root) if image_root is not None else folder / "images"
+    images_dir = options.image_folder(folder / "images")
     images = {p.stem: p for p in sorted(images_dir.glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
     labels = {p.stem: p for p in sorted(labels_dir.glob("*.txt"))}
     names = yolo_names(folder)
@@ -56,10 +51,10 @@ def read_yolo(
             record = ImageRecord(file_name, image_path, width=width, height=height, num_regions=len(lines))
             for number, line in lines:
                 shape = "rect" if len(line.split()) == 5 else "polygon"
-                read = partial(read_line, line, size, names, class_map, on_unknown_class)
+                read = partial(read_line, line, size, names, class_map, options.on_unknown_class)
                 add_region(annotations, record, shape, f"{labels[stem]}: line {number}", read, size)
             annotations.records.append(record)
-    if not collect_errors:
+    if not options.collect_errors:
         annotations.raise_errors()
     return annotations
 

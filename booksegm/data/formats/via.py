@@ -1,4 +1,4 @@
-"""VGG Image Annotator (VIA) files -> AnnotationSet, for every flavour the tool writes.
+"""VGG Image Annotator (VIA) files <-> AnnotationSet: every flavour the tool writes is read; VIA 2 is written.
 
 Flavours, told apart by content:
 
@@ -16,7 +16,6 @@ sampled along the curve); points and lines have no area and are skipped with a c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -28,19 +27,21 @@ import numpy as np
 from booksegm.data.formats.common import (
     ImageLocator,
     add_region,
-    check_policy,
     class_label,
     coordinate,
     file_name_from,
     header_size,
     json_number,
     read_json,
+    write_json,
 )
 from booksegm.data.formats.geometry import ellipse_polygon, rect_polygon
-from booksegm.data.records import BOOK, AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
+from booksegm.data.formats.options import ReaderOptions
+from booksegm.data.records import AnnotationError, AnnotationSet, BadRegion, ClassMap, ImageRecord, SkipRegion
 
 log = logging.getLogger(__name__)
 
+VIA_VERSION = "2.0.10"  # the VIA 2 project format written
 VIA3_KEYS = {"project", "file", "metadata"}  # with "attribute", "view", "config"
 # _VIA_RSHAPE in via-3.x.y/src/js/_via_metadata.js
 VIA3_SHAPES = {1: "point", 2: "rect", 3: "circle", 4: "ellipse", 5: "line", 6: "polyline", 7: "polygon",
@@ -66,37 +67,29 @@ class ViaImage:
     regions: list[ViaRegion]
 
 
-def read_via(
-    path: str | Path,
-    image_root: str | Path | None = None,
-    class_map: ClassMap = BOOK,
-    class_attribute: str | None = None,
-    polyline_as_outline: bool = False,
-    on_unknown_class: str = "error",
-    collect_errors: bool = False,
-) -> AnnotationSet:
-    """Read any VIA file. Images are looked up under ``image_root`` (default: the file's folder).
+def read_via(path: str | Path, options: ReaderOptions = ReaderOptions()) -> AnnotationSet:
+    """Read any VIA file. Images are looked up under ``options.image_root`` (default: the file's folder).
 
-    ``class_attribute`` names the region attribute holding the class (auto-detected when None);
-    ``polyline_as_outline`` closes open polylines into polygons instead of skipping them;
-    ``on_unknown_class`` is ``error`` or ``skip`` for class names not in ``class_map``.
-    Malformed images and regions are all read past and listed in ``errors``; the first is raised
-    (saying how many more) unless ``collect_errors``. A file that is no VIA file raises at once.
+    ``options.class_attribute`` names the region attribute holding the class (auto-detected when
+    None); ``options.polyline_as_outline`` closes open polylines into polygons instead of skipping
+    them. Malformed images and regions are all read past and listed in ``errors``; the first is
+    raised (saying how many more) unless ``options.collect_errors``. A file that is no VIA file
+    raises at once.
     """
     path = Path(path)
-    check_policy(on_unknown_class)
+    class_map, class_attribute = options.class_map, options.class_attribute
     data = read_json(path)
     flavour = via_flavour(data, path)
     annotations = AnnotationSet(source=path, flavour=flavour, records=[], class_names=class_map.classes)
     images = via3_images(data, path, annotations) if flavour == "via3" else via2_images(data, flavour, annotations)
     if class_attribute is None:
         class_attribute = detect_class_attribute(images, class_map, path)
-    classes = RegionClasses(class_map, class_attribute, on_unknown_class)
+    classes = RegionClasses(class_map, class_attribute, options.on_unknown_class)
 
     def read_region(region: ViaRegion) -> tuple[list[np.ndarray], int, str | None]:
-        return [shape_outline(region.shape, polyline_as_outline)], *classes.label(region.attributes)
+        return [shape_outline(region.shape, options.polyline_as_outline)], *classes.label(region.attributes)
 
-    locator = ImageLocator(Path(image_root) if image_root is not None else path.parent)
+    locator = ImageLocator(options.image_folder(path.parent))
     for image in images:
         record_path = locator.resolve(image.file_name)
         size = header_size(record_path)
@@ -106,7 +99,7 @@ def read_via(
             shape = str(region.shape.get("name", ""))
             add_region(annotations, record, shape, region.where, partial(read_region, region), size)
         annotations.records.append(record)
-    if not collect_errors:
+    if not options.collect_errors:
         annotations.raise_errors()
     return annotations
 
@@ -419,23 +412,30 @@ def detect_class_attribute(images: list[ViaImage], class_map: ClassMap, path: Pa
 # -- writing ----------------------------------------------------------------------------------
 
 
-def write_via(annotations: AnnotationSet, path: Path) -> None:
-    """A VIA 2.x export: polygon regions with the class in region_attributes ``name``.
+def write_via(
+    annotations: AnnotationSet, path: Path, image_root: Path | None = None, project: bool = False
+) -> None:
+    """A VIA 2.x export (or with ``project`` a VIA 2 project): polygon regions with the class in
+    region_attributes ``name`` and, for predictions, the score in ``score``.
 
-    File names are written relative to ``path``'s folder, so the file reads back from there. VIA
-    has one outline per region: an instance in several parts (COCO allows it) becomes several
-    regions, which is logged.
+    File names are written relative to ``image_root`` (default: ``path``'s folder), so the file
+    reads back with it. VIA has one outline per region: an instance in several parts (COCO allows
+    it) becomes several regions, which is logged.
     """
+    image_root = image_root if image_root is not None else path.parent
     entries: dict[str, dict] = {}
     split = 0
     for record in annotations.records:
-        file_name = file_name_from(record.path, path.parent)
+        file_name = file_name_from(record.path, image_root)
         size = record.path.stat().st_size if record.path.is_file() else -1
         entry = entries.setdefault(f"{file_name}{size}", {  # VIA's key: file name + byte size
             "filename": file_name, "size": size, "regions": [], "file_attributes": {},
         })
         for inst in record.instances:
             split += len(inst.polygons) > 1
+            attributes = {"name": annotations.class_names[inst.label - 1]}
+            if inst.score is not None:
+                attributes["score"] = f"{inst.score:.3f}"
             entry["regions"].extend(
                 {
                     "shape_attributes": {
@@ -443,11 +443,42 @@ def write_via(annotations: AnnotationSet, path: Path) -> None:
                         "all_points_x": [json_number(v) for v in polygon[:, 0]],
                         "all_points_y": [json_number(v) for v in polygon[:, 1]],
                     },
-                    "region_attributes": {"name": annotations.class_names[inst.label - 1]},
+                    "region_attributes": attributes,
                 }
                 for polygon in inst.polygons
             )
     if split:
         log.warning("%s: %d instance(s) in several parts written as one region per part", path, split)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(entries, f, ensure_ascii=False)
+    write_json(via_project(entries, image_root, annotations.class_names) if project else entries, path)
+
+
+def via_project(images: dict[str, dict], image_root: Path, class_names: tuple[str, ...]) -> dict:
+    """A VIA 2 project file (Project > Load in VIA 2.x): the images, a class dropdown, settings.
+
+    ``default_filepath`` points VIA at ``image_root``, so the photos open with their regions.
+    """
+    return {
+        "_via_settings": {
+            "ui": {
+                "annotation_editor_height": 25, "annotation_editor_fontsize": 0.8, "leftsidebar_width": 18,
+                "image_grid": {"img_height": 80, "rshape_fill": "none", "rshape_fill_opacity": 0.3,
+                               "rshape_stroke": "yellow", "rshape_stroke_width": 2, "show_region_shape": True,
+                               "show_image_policy": "all"},
+                "image": {"region_label": "name", "region_color": "__via_default_region_color__",
+                          "region_label_font": "10px Sans", "on_image_annotation_editor_placement": "NEAR_REGION"},
+            },
+            "core": {"buffer_size": 18, "filepath": {}, "default_filepath": image_root.resolve().as_posix() + "/"},
+            "project": {"name": "booksegm_predictions"},
+        },
+        "_via_img_metadata": images,
+        "_via_attributes": {
+            "region": {
+                "name": {"type": "dropdown", "description": "class", "options": dict.fromkeys(class_names, ""),
+                         "default_options": {class_names[0]: True}},
+                "score": {"type": "text", "description": "booksegm prediction score", "default_value": ""},
+            },
+            "file": {},
+        },
+        "_via_data_format_version": VIA_VERSION,
+        "_via_image_id_list": list(images),
+    }

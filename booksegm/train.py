@@ -18,7 +18,6 @@ from typing import NoReturn
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,16 +29,12 @@ from booksegm.model.build import ModelConfig
 from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights
+from booksegm.profile import with_profile  # also registers ${auto_precision:}
 
 log = logging.getLogger(__name__)
 
 # Errors that mean "the user's input is wrong": reported in one line, not as a traceback.
 USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError, CheckpointError)
-
-OmegaConf.register_new_resolver(
-    "auto_precision", lambda: "16-mixed" if torch.cuda.is_available() else "32-true", replace=True
-)
-
 
 def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
     """The datamodule (set up, so bad data fails now) and the module with its initial weights."""
@@ -135,4 +130,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_profile(sys.argv)  # profile=gpu when CUDA is present and none is named
     main()

@@ -62,6 +62,7 @@ class DataConfig:
     batch_size: int = 2  # IMAGES_PER_GPU
     val_batch_size: int = 2  # images per validation batch
     num_workers: int = 2  # DataLoader worker processes
+    pin_memory: bool = False  # page-locked batches for faster copies to a GPU
     image_check_cache: str | None = None  # remembers images that decoded (path, size, mtime); null = decode all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when format=synthetic
 
@@ -176,6 +177,7 @@ class BookDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.cfg.num_workers,
+            pin_memory=self.cfg.pin_memory,
             collate_fn=collate_detection,
             persistent_workers=self.cfg.num_workers > 0,
         )

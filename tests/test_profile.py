@@ -1,0 +1,96 @@
+"""The profile a bare `booksegm train` picks: gpu with CUDA (full Mask R-CNN, 640x480, AMP, workers,
+pinned memory), cpu without it (the CPU default exactly as before the profiles)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_train import EXPERIMENTS, compose_config
+
+from booksegm.config import to_dataclass
+from booksegm.data.datamodule import BookDataModule, DataConfig, SyntheticConfig
+from booksegm.data.resize import ResizeConfig
+from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.profile import auto_precision, with_profile
+
+# the CPU default as committed before conf/profile/ existed (conf/model/maskrcnn_cpu.yaml,
+# conf/data/synthetic.yaml, conf/trainer/default.yaml)
+CPU_DEFAULT = {
+    "model.backbone": "mobilenet_v3_large", "model.norm": "group", "model.fpn_channels": 32,
+    "model.box_head_dim": 256, "model.mask_head_convs": 2, "model.mask_head_channels": 32,
+    "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8],
+    "model.rpn_pre_nms_top_n_train": 600, "model.box_batch_size_per_image": 32, "model.weights": "none",
+    "data.format": "synthetic", "data.synthetic.num_images": 240, "data.synthetic.width": 256,
+    "data.synthetic.height": 192, "data.resize.mode": "none", "data.batch_size": 4, "data.val_batch_size": 4,
+    "data.num_workers": 0, "data.pin_memory": False,
+    "trainer.max_epochs": 20, "trainer.check_val_every_n_epoch": 5, "trainer.precision": "32-true",
+}
+
+
+def chosen_config(monkeypatch, cuda: bool, *overrides: str):
+    """The config `booksegm train OVERRIDES` composes where torch.cuda.is_available() says `cuda`."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    return compose_config(*with_profile(["train", *overrides])[1:])
+
+
+def test_without_cuda_a_bare_train_composes_the_cpu_default_as_before(monkeypatch):
+    cfg = chosen_config(monkeypatch, cuda=False)
+    assert {key: OmegaConf.to_object(OmegaConf.select(cfg, key)) if key.endswith(("sizes", "ratios"))
+            else OmegaConf.select(cfg, key) for key in CPU_DEFAULT} == CPU_DEFAULT
+    assert cfg == compose_config()  # and the same as the config with no profile named
+
+
+def test_with_cuda_a_bare_train_composes_the_gpu_recipe(monkeypatch):
+    cfg = chosen_config(monkeypatch, cuda=True)
+    assert (cfg.model.backbone, cfg.model.norm, cfg.model.fpn_channels, cfg.model.box_head_dim) == ("resnet50", "batch", 256, 1024)
+    assert 640 <= max(cfg.data.synthetic.width, cfg.data.synthetic.height) <= 800
+    assert cfg.data.resize.mode == "none"  # rendered at the training size
+    assert cfg.data.synthetic.num_images >= 1000 and cfg.trainer.max_epochs > 20
+    assert cfg.data.num_workers > 0 and cfg.data.pin_memory is True
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_cuda_trains_with_amp_bf16_where_supported(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert auto_precision() == expected
+
+
+@pytest.mark.parametrize("named", ["profile=cpu", "profile=gpu"])
+def test_a_named_profile_wins_over_the_automatic_choice(monkeypatch, named):
+    for cuda in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        assert with_profile(["train", "seed=1", named]) == ["train", "seed=1", named]
+
+
+def test_the_train_entry_point_applies_the_choice(tmp_path):
+    """`python -m booksegm.train --cfg job` where torch reports CUDA shows the GPU model."""
+    code = ("import runpy, sys, torch; torch.cuda.is_available = lambda: True; "
+            "sys.argv = ['train', '--cfg', 'job']; runpy.run_module('booksegm.train', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backbone: resnet50" in result.stdout and "pin_memory: true" in result.stdout
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_the_gpu_profile(experiment, monkeypatch, tmp_path):
+    monkeypatch.setenv("BOOKSEGM_ROOT", str(tmp_path))
+    cfg = compose_config("profile=gpu", f"+experiment={experiment}", "data.root=/photos")
+    to_dataclass(DataConfig, cfg.data, "data").validate()
+    build_maskrcnn(to_dataclass(ModelConfig, cfg.model, "model"), num_classes=1 + len(cfg.data.classes))
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_data_pin_memory_reaches_the_loaders(tmp_path, pin):
+    cfg = DataConfig(root=str(tmp_path), annotations="via_region_data.json", images="images", num_workers=0, pin_memory=pin, val_fraction=0.5,
+                     resize=ResizeConfig("none"), synthetic=SyntheticConfig(num_images=2, width=64, height=48))
+    datamodule = BookDataModule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert datamodule.train_dataloader().pin_memory is pin and datamodule.val_dataloader().pin_memory is pin

@@ -30,7 +30,7 @@ from booksegm.data.dataset import to_tensor
 from booksegm.data.records import AnnotationError
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
 from booksegm.model.build import ModelConfig, build_maskrcnn
-from booksegm.model.module import SCORE_THRESHOLD_KEY
+from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class LoadedModel:
     class_names: list[str]  # class_names[i] names label i + 1
     model_cfg: ModelConfig
     resize: ResizeConfig | None  # how validation resized images (None: the file does not say)
-    run_config: DictConfig | None  # the training run's config, for a checkpoint in its run folder
+    run_config: DictConfig | None  # the training run's config (in the checkpoint, or beside it for older ones)
     source: Path
     score_threshold: float | None = None  # the F1-best score on the run's validation, when the file has it
 
@@ -112,7 +112,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
         spec = {"model": hparams.get("model"), "class_names": hparams.get("class_names"),
                 SCORE_THRESHOLD_KEY: data.get(SCORE_THRESHOLD_KEY)}
-        run_config = read_run_config(path)
+        run_config = read_run_config(path, data)
         resize = validation_resize(run_config) if run_config is not None else None
     else:
         state, spec, run_config = data, read_spec(path), None
@@ -207,12 +207,15 @@ def read_spec(weights: Path) -> dict:
     return spec
 
 
-def read_run_config(ckpt: Path) -> DictConfig | None:
-    """The config (unresolved) of the run a checkpoint came from: ``<run>/.hydra/config.yaml`` for
-    ``<run>/checkpoints/x.ckpt``, None when the checkpoint has left its run folder."""
+def read_run_config(ckpt: Path, checkpoint: dict) -> DictConfig | None:
+    """The config (unresolved) of the run a Lightning checkpoint came from: carried in the file
+    since booksegm wrote it there, else ``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/x.ckpt``
+    (older checkpoints); None when neither has it."""
+    if checkpoint.get(RUN_CONFIG_KEY) is not None:
+        return OmegaConf.create(checkpoint[RUN_CONFIG_KEY])
     config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     if not config.is_file():
-        log.info("%s: no run config at %s", ckpt, config)
+        log.info("%s: no run config in it or at %s", ckpt, config)
         return None
     return OmegaConf.load(config)
 

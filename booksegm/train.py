@@ -21,20 +21,25 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hydra.core.hydra_config import HydraConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.records import AnnotationError
 from booksegm.inference import CheckpointError, read_torch_file
 from booksegm.model.build import ModelConfig
-from booksegm.model.module import BookSegmModule
+from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
+from booksegm.model.module import BookSegmModule, NonFiniteTrainingError
 from booksegm.model.stages import StagedTraining
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights
 from booksegm.profile import with_profile  # also registers ${auto_precision:}
+from booksegm.resume import resume_config
 
 log = logging.getLogger(__name__)
 
 # Errors that mean "the user's input is wrong": reported in one line, not as a traceback.
-USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError, CheckpointError)
+USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError, CheckpointError, NonFiniteTrainingError)
 
 def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
     """The datamodule (set up, so bad data fails now) and the module with its initial weights."""
@@ -45,6 +50,8 @@ def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
     module = BookSegmModule(
         model=as_plain(cfg.model), optim=as_plain(cfg.train), class_names=list(datamodule.class_names)
     )
+    # as .hydra/config.yaml holds it: evaluate, predict, export and resume read it from the checkpoint
+    module.run_config = OmegaConf.to_container(cfg, resolve=False)
     if not cfg.get("ckpt_path"):
         load_initial_weights(module.model, model_cfg.weights, model_cfg.backbone, Path(cfg.paths.log_dir))
     return datamodule, module
@@ -53,10 +60,12 @@ def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
 def train(cfg: DictConfig) -> dict:
     """Train; returns the run summary also written to ``metrics.json`` in the run folder."""
     started = time.perf_counter()
-    pl.seed_everything(cfg.seed, workers=True)
     try:
         if cfg.get("ckpt_path"):  # a wrong path fails now, in one line, not after data and model are built
-            read_torch_file(Path(cfg.ckpt_path).expanduser())
+            ckpt_path = Path(cfg.ckpt_path).expanduser()
+            cfg = resume_config(cfg, read_torch_file(ckpt_path), ckpt_path)
+            note_resumed_run(Path(cfg.paths.output_dir))
+        pl.seed_everything(cfg.seed, workers=True)
         datamodule, module = build(cfg)
         staging = build_staging(module, datamodule)
     except USER_ERRORS as err:
@@ -64,6 +73,7 @@ def train(cfg: DictConfig) -> dict:
 
     # an experiment turns a default callback off by setting it to null (callbacks.ema: null)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks.append(InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints"))
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     staged = {}
     if staging is not None:  # the stages set the epochs
@@ -73,8 +83,12 @@ def train(cfg: DictConfig) -> dict:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **staged)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except USER_ERRORS as err:  # a checkpoint whose training stage train.stages does not have
+    except USER_ERRORS as err:  # divergence, or a checkpoint whose training stage train.stages does not have
         fail(err)
+    except TrainingInterrupted as err:
+        fail(err, err.exit_code)
+    except SIGTERMException:  # SIGTERM during validation: Lightning stops there
+        fail("stopped by SIGTERM during validation; resume from the last checkpoint", 143)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = summarize(module.val_history, cfg.optimized_metric, time.perf_counter() - started, trainer)
@@ -89,9 +103,18 @@ def build_staging(module: BookSegmModule, datamodule: BookDataModule) -> StagedT
     return StagedTraining(stages, datamodule.cfg.resize) if stages else None
 
 
-def fail(err: Exception) -> NoReturn:
+def fail(err: Exception | str, exit_code: int = 1) -> NoReturn:
     log.error("%s", err)
-    sys.exit(f"booksegm: error: {err}")
+    print(f"booksegm: error: {err}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def note_resumed_run(run_dir: Path) -> None:
+    """A resumed run writes into its own folder; this launch's folder (its log) links to it."""
+    here = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.resolve() != here.resolve():
+        (here / "resumed_run").symlink_to(run_dir.resolve(), target_is_directory=True)
+        log.info("resuming the run in %s: checkpoints, TensorBoard and metrics.json continue there", run_dir)
 
 
 def summarize(history: list[dict], metric: str, wall_time_s: float, trainer: pl.Trainer) -> dict:

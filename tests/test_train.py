@@ -35,12 +35,15 @@ TINY = [
 ]
 
 
-def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BOOKSEGM_ROOT": str(tmp_path), "BOOKSEGM_CACHE": str(tmp_path / "cache"),
-           "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+def train_env(tmp_path: Path) -> dict:
+    return {**os.environ, "BOOKSEGM_ROOT": str(tmp_path), "BOOKSEGM_CACHE": str(tmp_path / "cache"),
+            "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+
+
+def run_train(tmp_path: Path, *overrides: str, base: list[str] = TINY) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "booksegm.train", *TINY, *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "booksegm.train", *base, *overrides],
+        cwd=tmp_path, env=train_env(tmp_path), capture_output=True, text=True, timeout=600,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from booksegm.data.dataset import BookDataset, SkipEmptyBatches, collate_detection
@@ -21,6 +22,7 @@ from booksegm.data.formats.options import ReaderOptions
 from booksegm.data.images import ImageChecks, ImageReadError
 from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, cap_instances
 from booksegm.data.resize import ResizeConfig
+from booksegm.data.sampler import ResumableLoader, SeededShuffleSampler
 from booksegm.data.synthetic import STYLES, generate_dataset
 from booksegm.data.transforms import AugmentConfig, build_augmentation
 
@@ -162,25 +164,28 @@ class BookDataModule(pl.LightningDataModule):
             self.train_records, self.cfg.resize, build_augmentation(self.cfg.augment), self.cfg.min_instance_area,
             skipped=self.skipped_images,
         )
-        return self._loader(dataset, self.cfg.batch_size, shuffle=True)
+        # shuffled by the run's seed (seed_everything) and the epoch: resumable mid-epoch
+        sampler = SeededShuffleSampler(len(dataset), seed=torch.initial_seed())
+        return ResumableLoader(dataset, sampler=sampler, progress=self._train_progress, **self._loader_args(self.cfg.batch_size))
 
     def val_dataloader(self) -> DataLoader:
         dataset = BookDataset(
             self.val_records, self.cfg.effective_val_resize, None, self.cfg.min_instance_area,
             skipped=self.skipped_images,
         )
-        return self._loader(dataset, self.cfg.val_batch_size, shuffle=False)
+        return SkipEmptyBatches(dataset, shuffle=False, **self._loader_args(self.cfg.val_batch_size))
 
-    def _loader(self, dataset: BookDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return SkipEmptyBatches(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.cfg.num_workers,
-            pin_memory=self.cfg.pin_memory,
-            collate_fn=collate_detection,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+    def _loader_args(self, batch_size: int) -> dict:
+        workers = self.cfg.num_workers
+        return dict(batch_size=batch_size, num_workers=workers, collate_fn=collate_detection, persistent_workers=workers > 0,
+                    pin_memory=self.cfg.pin_memory)
+
+    def _train_progress(self) -> tuple[int, bool]:
+        """Batches of the current epoch the trainer has run, and whether the epoch is over."""
+        if self.trainer is None:
+            return 0, False
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, done >= self.trainer.num_training_batches
 
 
 def default_annotations(root: Path, fmt: str) -> Path:

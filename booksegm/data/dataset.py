@@ -46,7 +46,10 @@ class BookDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        # a training draw brings its own augmentation seed (booksegm.data.sampler), so the same epoch
+        # augments alike whatever the worker count or a resume; otherwise the index seeds it
+        index, seed = key if isinstance(key, tuple) else (key, key)
         record = self.records[index]
         try:
             image = load_rgb(record.path)
@@ -56,8 +59,6 @@ class BookDataset(Dataset):
                 count = self.skipped.value
             log.warning("skipping an image that no longer loads: %s (%d skipped in this run)", err, count)
             return None
-        # one seed per sample from torch's RNG, which Lightning seeds per worker: reproducible
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
         polygons = [p for inst in record.instances for p in inst.polygons]
         owners = [i for i, inst in enumerate(record.instances) for _ in inst.polygons]
         image, polygons, _ = resize_image_and_polygons(image, polygons, self.resize, np.random.default_rng(seed))

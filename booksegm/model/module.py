@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -17,9 +19,17 @@ from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_
 from booksegm.model.losses import validate_loss_weights, weighted_loss
 from booksegm.model.stages import StageConfig, validate_stages
 
+log = logging.getLogger(__name__)
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
+RUN_CONFIG_KEY = "booksegm_config"  # checkpoint entry: the run's resolved config (data, model, train, trainer)
+VAL_HISTORY_KEY = "val_history"  # checkpoint entry: every validation so far, so a resumed run's metrics.json is whole
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training diverged: too many steps in a row with a non-finite loss or gradient, or non-finite weights."""
 
 
 @dataclass
@@ -35,6 +45,7 @@ class OptimConfig:
     step_milestones: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step: fractions of all steps
     step_gamma: float = 0.1  # step: LR multiplier at each milestone
     loss_weights: dict[str, float] = field(default_factory=dict)  # LOSS_WEIGHTS by matterport name; missing = 1.0
+    max_nonfinite_steps: int = 5  # consecutive steps with a NaN/inf loss or gradient (each skipped) before the run stops
     # matterport's staged train(layers=...) calls, run back to back; null or [] = one stage, all layers
     stages: list[StageConfig] | None = field(default_factory=list)
 
@@ -45,6 +56,8 @@ class OptimConfig:
             raise ConfigError(f"train.schedule={self.schedule!r} is unknown; choose one of {list(SCHEDULES)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ConfigError("train.lr must be > 0, train.weight_decay and train.warmup_steps >= 0")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         self.loss_weights = validate_loss_weights(self.loss_weights)
         validate_stages(self.stages or [])
 
@@ -70,6 +83,10 @@ class BookSegmModule(pl.LightningModule):
         self.stage: StageConfig | None = None  # the training stage in force, set by StagedTraining
         # the score with the best validation F1 (mask IoU 0.5), saved in checkpoints: predict's default threshold
         self.score_threshold: float | None = None
+        self.run_config: dict | None = None  # the run's resolved config, written into every checkpoint by train
+        self.nonfinite_steps = 0  # steps skipped for a non-finite loss or gradient, in all
+        self._nonfinite_in_a_row = 0
+        self._last_finite_losses: dict[str, float] = {}
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(list(images))
@@ -77,6 +94,10 @@ class BookSegmModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         loss, named = weighted_loss(self.model(list(images), list(targets)), self.optim_cfg.loss_weights)
+        if not torch.isfinite(loss):
+            self.skip_nonfinite_step("loss", named)
+            return None  # Lightning skips backward and the optimizer step
+        self._last_finite_losses = {name: float(value.detach()) for name, value in {"loss": loss, **named}.items()}
         # tags: train/<name> every step and train_epoch/<name> per epoch (Lightning would
         # otherwise suffix one tag with _step/_epoch)
         for name, value in {"loss": loss, **named}.items():
@@ -84,6 +105,37 @@ class BookSegmModule(pl.LightningModule):
             self.log(f"train_epoch/{name}", value, on_step=False, on_epoch=True, batch_size=len(images))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=len(images))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # under AMP the grad scaler already skips steps with inf/NaN gradients (they are how it finds its scale)
+        if self.trainer.precision in ("16-mixed", "16"):
+            self._nonfinite_in_a_row = 0
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:  # training_step skipped a non-finite loss: nothing to step
+            return
+        if torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            self._nonfinite_in_a_row = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left as they are
+            self.skip_nonfinite_step("gradient", {})
+
+    def skip_nonfinite_step(self, what: str, named: dict[str, torch.Tensor]) -> None:
+        """Count a step whose loss or gradient is NaN/inf (it changes no weight); stop after
+        train.max_nonfinite_steps in a row, naming the step and the last finite losses."""
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, batch_size=1)
+        bad = ", ".join(name for name, value in named.items() if not torch.isfinite(value))
+        log.warning("step %d: non-finite %s%s: step skipped (%d in a row)", self.global_step, what,
+                    f" ({bad})" if bad else "", self._nonfinite_in_a_row)
+        if self._nonfinite_in_a_row >= self.optim_cfg.max_nonfinite_steps:
+            last = ", ".join(f"{k} {v:.4g}" for k, v in self._last_finite_losses.items()) or "none (the first step)"
+            raise NonFiniteTrainingError(
+                f"training diverged: {self._nonfinite_in_a_row} steps in a row with a non-finite {what} "
+                f"(the last at step {self.global_step}); last finite losses: {last}. Lower train.lr "
+                f"(now {self.optim_cfg.lr:g}) or raise train.warmup_steps; no checkpoint was written from these steps"
+            )
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
@@ -111,21 +163,39 @@ class BookSegmModule(pl.LightningModule):
             self.logger.experiment.add_image("val/predictions", grid, self.global_step, dataformats="HWC")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for key in ("state_dict", "current_model_state"):  # the EMA and the live weights
+            bad = [name for name, t in checkpoint.get(key, {}).items() if t.is_floating_point() and not t.isfinite().all()]
+            if bad:
+                raise NonFiniteTrainingError(
+                    f"refusing to write a checkpoint at step {self.global_step}: {len(bad)} weight tensors are "
+                    f"not finite (first: {bad[0]}); the run diverged"
+                )
         checkpoint[SCORE_THRESHOLD_KEY] = self.score_threshold
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
+        checkpoint[VAL_HISTORY_KEY] = self.val_history
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.score_threshold = checkpoint.get(SCORE_THRESHOLD_KEY)
+        self.val_history = list(checkpoint.get(VAL_HISTORY_KEY) or [])
 
     def configure_optimizers(self):
         # One optimizer and schedule per training stage, as matterport compiles a new optimizer for
         # each train(layers=...) call; without a stage, one for the whole run.
-        cfg = self.optim_cfg
-        steps, lr = max(1, int(self.trainer.estimated_stepping_batches)), cfg.lr
-        if self.stage is not None:
-            steps = max(1, round(steps * self.stage.epochs / self.trainer.max_epochs))
-            lr = cfg.lr if self.stage.lr is None else self.stage.lr
+        cfg, stage = self.optim_cfg, self.stage
+        lr = cfg.lr if stage is None or stage.lr is None else stage.lr
+
+        # Counted at the first scheduler step, not here: asking Lightning now builds the training
+        # DataLoader before a resumed run's loop state is restored, and it would start the epoch over.
+        # The factor at step 0 does not depend on the count.
+        @functools.cache
+        def total_steps() -> int:
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            return steps if stage is None else max(1, round(steps * stage.epochs / self.trainer.max_epochs))
+
         optimizer = build_optimizer(self.model, cfg, lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, cfg))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps() if step else 1, cfg)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -1,0 +1,141 @@
+"""Runs survive kills: step checkpoints mid-epoch, resume from ckpt_path alone, exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from booksegm.model.module import RUN_CONFIG_KEY
+from booksegm.resume import resume_config
+from test_train import CONF, TINY, compose_config, run_train, train_env
+
+# two epochs of 4 steps, last.ckpt every 2 steps: step 2 is mid-epoch
+SCHEDULE = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.step_checkpoint.every_n_train_steps=2",
+            "seed=3"]
+
+
+def run_folder(root: Path) -> Path:
+    (run,) = [p for p in (root / "outputs" / "train" / "runs").iterdir() if not (p / "resumed_run").exists()]
+    return run
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def scalars(event_file: Path, tag: str) -> dict[int, float]:
+    values = {}
+    for event in EventFileLoader(str(event_file)).Load():
+        for value in event.summary.value:
+            if value.tag == tag:
+                values[event.step] = value.tensor.float_val[0] if value.HasField("tensor") else value.simple_value
+    return values
+
+
+def assert_close(a, b, what: str) -> None:
+    """Nested checkpoint contents equal, tensors within float tolerance."""
+    if isinstance(a, torch.Tensor):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), what
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for key in a:
+            assert_close(a[key], b[key], f"{what}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, f"{what}: {a} != {b}"
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_alone_as_if_never_stopped(tmp_path):
+    whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
+    whole_root.mkdir(), killed_root.mkdir()
+    assert run_train(whole_root, *SCHEDULE).returncode == 0
+
+    process = subprocess.Popen([sys.executable, "-m", "booksegm.train", *TINY, *SCHEDULE], cwd=killed_root,
+                               env=train_env(killed_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(killed_root.glob("outputs/train/runs/*/checkpoints/last.ckpt")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # as a crash, an OOM kill or a lost machine would
+    process.wait()
+    run = run_folder(killed_root)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert load(ckpt)["global_step"] == 2  # written mid-epoch, then killed during step 3
+
+    resumed = run_train(killed_root, f"ckpt_path={ckpt}", base=[])  # no other override: the config comes back
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert str(run) in resumed.stdout  # the same folder: best and last checkpoints, metrics.json
+
+    whole = load(run_folder(whole_root) / "checkpoints" / "last.ckpt")
+    after = load(ckpt)
+    assert after["global_step"] == whole["global_step"] == 8
+    assert_close(after["lr_schedulers"], whole["lr_schedulers"], "lr_schedulers")
+    assert_close(after["optimizer_states"], whole["optimizer_states"], "optimizer_states")
+    assert_close(after["current_model_state"], whole["current_model_state"], "weights")
+    assert_close(after["state_dict"], whole["state_dict"], "EMA weights")
+    (best_whole,) = [v["best_model_score"] for k, v in whole["callbacks"].items() if "val/mask_AP" in k]
+    (best_after,) = [v["best_model_score"] for k, v in after["callbacks"].items() if "val/mask_AP" in k]
+    assert_close(best_after, best_whole, "best score")
+
+    # the next step's loss and LR, as TensorBoard got them: the resumed launch writes its own event file
+    whole_events = sorted((run_folder(whole_root) / "tensorboard").glob("events.*"))
+    resumed_events = sorted((run / "tensorboard").glob("events.*"), key=lambda p: p.stat().st_mtime)
+    assert len(whole_events) == 1 and len(resumed_events) == 2
+    for tag in ("train/loss", "train/lr"):
+        expected, got = scalars(whole_events[0], tag), scalars(resumed_events[-1], tag)
+        assert min(got) == 2 and got[2] == expected[2], tag  # step index 2 is the third step
+        assert all(abs(got[step] - expected[step]) < 1e-5 for step in got), tag
+    summary = json.loads((run / "metrics.json").read_text())
+    assert [v["epoch"] for v in summary["validations"]] == [0, 1]  # the first launch's validation too
+
+
+@pytest.mark.parametrize("sent, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_after_the_batch_with_last_ckpt_written(tmp_path, sent, exit_code):
+    # a step checkpoint after every step tells the test that training runs; the signal comes after it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "booksegm.train", *TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=4",
+         "callbacks.step_checkpoint.every_n_train_steps=1"],
+        cwd=tmp_path, env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(tmp_path.glob("outputs/train/runs/*/checkpoints/last.ckpt")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == exit_code, stderr[-3000:]
+    ckpt = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
+    step = load(ckpt)["global_step"]
+    assert f"stopped by {sent.name} after step {step}" in stderr and f"resume with ckpt_path={ckpt}" in stderr
+    assert 1 <= step < 12 and "Traceback" not in stderr
+
+
+def test_resume_takes_the_run_config_with_the_command_line_on_top_and_warns_of_model_changes(tmp_path, caplog):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    saved = OmegaConf.to_container(compose_config(*TINY), resolve=False)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"ckpt_path={ckpt}", "trainer.max_epochs=9",
+                                                       "model.box_detections_per_img=5"])
+        with caplog.at_level(logging.WARNING):
+            resumed = resume_config(cfg, {RUN_CONFIG_KEY: saved}, ckpt)
+    assert resumed.trainer.max_epochs == 9 and resumed.model.box_detections_per_img == 5  # the command line
+    assert resumed.model.backbone == "resnet18" and resumed.data.synthetic.num_images == 10  # the run's own
+    assert resumed.paths.output_dir == str(run.resolve())  # the run's folder, not a new one
+    assert "model.box_detections_per_img=5 changes the model" in caplog.text
+    assert "trainer.max_epochs" not in caplog.text

@@ -24,7 +24,6 @@ and only those: other files there may be the user's, so they stay.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -38,10 +37,10 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from booksegm.config import ConfigError
+from booksegm.data.formats.coco import write_coco
 from booksegm.data.formats.geometry import mask_outlines
 from booksegm.data.formats.via import write_via
 from booksegm.data.images import ImageReadError, load_rgb
@@ -135,8 +134,8 @@ class PhotoOutputs:
     def __init__(self, out: Path, root: Path, formats: list[str], class_names: list[str], polygon_tolerance: float):
         self.out, self.root, self.formats = out, root, formats
         self.class_names, self.polygon_tolerance = class_names, polygon_tolerance
-        self.coco = {"images": [], "annotations": [],
-                     "categories": [{"id": i, "name": n} for i, n in enumerate(class_names, start=1)]}
+        self.coco = AnnotationSet(source=out / OUTPUTS["coco"], flavour="coco", records=[],
+                                  class_names=tuple(class_names))
         self.via = AnnotationSet(source=out / OUTPUTS["via"], flavour="via2_project", records=[],
                                  class_names=tuple(class_names))
 
@@ -152,24 +151,19 @@ class PhotoOutputs:
             for k, (mask, label, score) in enumerate(zip(detections.masks, detections.labels, detections.scores)):
                 save_png(mask.astype(np.uint8) * 255, folder / f"{k:03d}_{self.class_names[label - 1]}_{score:.2f}.png")
         if "coco" in self.formats:
-            self._add_coco(name, image, detections)
+            self._add_coco(path, name, image, detections)
         if "via" in self.formats:
             self._add_via(path, name, detections)
 
-    def _add_coco(self, name: Path, image: np.ndarray, detections: Detections) -> None:
-        rles = encode_masks(detections.masks)
-        for rle in rles:
+    def _add_coco(self, path: Path, name: Path, image: np.ndarray, detections: Detections) -> None:
+        """Exact masks (holes and all parts kept, empty ones too) and the detector's boxes."""
+        instances = []
+        for box, label, score, rle in zip(detections.boxes, detections.labels, detections.scores,
+                                          encode_masks(detections.masks)):
             rle["counts"] = rle["counts"].decode("ascii")  # JSON text, as COCO files hold it
-        image_id = len(self.coco["images"]) + 1
+            instances.append(Instance((), int(label), score=float(score), rle=rle, box=tuple(float(v) for v in box)))
         height, width = image.shape[:2]
-        self.coco["images"].append({"id": image_id, "file_name": name.as_posix(), "width": width, "height": height})
-        for box, label, score, rle in zip(detections.boxes, detections.labels, detections.scores, rles):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            self.coco["annotations"].append({
-                "id": len(self.coco["annotations"]) + 1, "image_id": image_id, "category_id": int(label),
-                "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(float(score), 4),
-                "area": int(mask_util.area(rle)), "segmentation": rle, "iscrowd": 0,
-            })
+        self.coco.records.append(ImageRecord(name.as_posix(), path, instances, width=width, height=height))
 
     def _add_via(self, path: Path, name: Path, detections: Detections) -> None:
         instances = []
@@ -181,7 +175,7 @@ class PhotoOutputs:
 
     def close(self) -> None:
         if "coco" in self.formats:
-            write_json(self.coco, self.out / OUTPUTS["coco"])
+            write_coco(self.coco, self.out / OUTPUTS["coco"], image_root=self.root)
         if "via" in self.formats:
             write_via(self.via, self.out / OUTPUTS["via"], image_root=self.root, project=True)
 
@@ -202,11 +196,6 @@ def via_outline(mask: np.ndarray, tolerance: float) -> np.ndarray | None:
 def save_png(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)  # PIL: non-ASCII paths work everywhere (cv2.imwrite's do not on Windows)
-
-
-def write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def predict_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, batch_size: int,

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from booksegm.data.__main__ import main
 from booksegm.data.formats import load_annotations, save_annotations
-from booksegm.data.formats.coco import read_coco, rle_mask
+from booksegm.data.formats.coco import read_coco, rle_mask, rle_string_counts, write_coco
 from booksegm.data.formats.options import ReaderOptions
 from booksegm.data.formats.via import read_via, write_via
 from booksegm.data.formats.yolo import read_yolo
@@ -290,7 +291,7 @@ def test_via_to_coco_to_via_keeps_every_polygon(tmp_path):
     assert_same_polygons(original, again)
     written = json.loads((tmp_path / "out" / "coco.json").read_text())
     assert written["images"][0] == {"id": 1, "file_name": "../photos/shelf one.png", "width": 80, "height": 60}
-    assert written["categories"] == [{"id": 1, "name": "book", "supercategory": ""}]
+    assert written["categories"] == [{"id": 1, "name": "book"}]
 
 
 def test_via_project_with_scores_names_images_under_the_image_root(tmp_path):
@@ -339,3 +340,30 @@ def test_book_spines_to_via_to_coco_and_back_keeps_every_polygon(tmp_path, split
     save_annotations(as_coco, tmp_path / "back.json", "via")
     for converted in (as_via, as_coco, load_annotations(tmp_path / "back.json")):
         assert_same_polygons(spines, converted)
+
+
+def test_coco_writes_a_prediction_s_mask_box_and_score(tmp_path):
+    """A prediction's exact mask (hole kept), the detector's box and the score are written as given,
+    the area counted from the mask, with compressed and uncompressed RLE alike."""
+    save_image(tmp_path / "photos" / "a.png", 40, 30)
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:25, 5:35] = 1
+    mask[10:20, 15:25] = 0  # a hole, which outline polygons would fill
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode("ascii")
+    runs = {"size": rle["size"], "counts": rle_string_counts(rle["counts"])}
+    box = (4.5, 5.25, 35.0123, 25.0)
+    record = ImageRecord("a.png", tmp_path / "photos" / "a.png",
+                         [Instance((), 1, score=0.87654321, rle=rle, box=box), Instance((), 1, score=0.5, rle=runs, box=box)])
+    path = tmp_path / "out" / "predictions.json"
+    write_coco(AnnotationSet(tmp_path, "coco", [record], ("book",)), path, image_root=tmp_path / "photos")
+    coco = COCO(str(path))
+    assert coco.dataset["images"] == [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    first, second = coco.dataset["annotations"]
+    assert first["segmentation"] == rle and second["segmentation"] == runs
+    assert first["bbox"] == [4.5, 5.25, 30.51, 19.75] and first["score"] == 0.8765  # box to 0.01 px
+    assert first["area"] == second["area"] == 600 - 100
+    for ann in (first, second):
+        np.testing.assert_array_equal(coco.annToMask(ann), mask)
+    coco.loadRes(coco.dataset["annotations"])  # the annotations list is a COCO results file
+    assert len(read_coco(path, ReaderOptions(image_root=tmp_path / "photos")).records[0].instances) == 2

@@ -258,3 +258,25 @@ def test_the_command_writes_its_run_folder_and_refuses_to_write_into_it_again(we
     assert again.returncode != 0
     assert f"booksegm: error: output_dir={run} is not empty" in again.stderr and "overwrite=true" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_coco_predictions_keep_each_mask_box_and_score_as_found(tmp_path):
+    """predictions_coco.json holds the exact masks (a hole, two parts, an empty one), the detector's
+    boxes and the scores: outlines would fill the hole and bound a different box."""
+    masks = np.zeros((3, 40, 60), bool)
+    masks[0, 5:35, 5:30] = True
+    masks[0, 15:25, 10:20] = False  # a hole
+    masks[1, 5:10, 40:50] = masks[1, 30:35, 40:50] = True  # two parts
+    boxes = np.array([[4.9, 5.1, 30.2, 35.0], [39.5, 4.5, 50.25, 35.125], [1, 2, 3, 4]], np.float32)
+    scores = np.array([0.9, 0.8, 0.05], np.float32)
+    detections = Detections(boxes=boxes, scores=scores, labels=np.ones(3, np.int64), masks=masks)
+    outputs = PhotoOutputs(tmp_path / "out", tmp_path, ["coco"], ["book"], polygon_tolerance=1.0)
+    outputs.add(tmp_path / "shelf.png", np.zeros((40, 60, 3), np.uint8), detections)
+    outputs.close()
+    coco = COCO(str(tmp_path / "out" / "predictions_coco.json"))
+    assert coco.dataset["images"] == [{"id": 1, "file_name": "shelf.png", "width": 60, "height": 40}]
+    assert len(coco.dataset["annotations"]) == 3
+    for ann, mask, (x0, y0, x1, y1), score in zip(coco.dataset["annotations"], masks, boxes, scores):
+        np.testing.assert_array_equal(coco.annToMask(ann), mask)
+        assert ann["area"] == mask.sum() and ann["score"] == pytest.approx(score, abs=1e-4)
+        np.testing.assert_allclose(ann["bbox"], [x0, y0, x1 - x0, y1 - y0], atol=0.006)

@@ -38,12 +38,18 @@ class BadRegion(Exception):
 
 @dataclass(frozen=True)
 class Instance:
-    """One object: one or more outline polygons (COCO allows several parts) and a class id."""
+    """One object: one or more outline polygons (COCO allows several parts) and a class id.
 
-    polygons: tuple[np.ndarray, ...]  # each (N, 2) float32, N >= 3, pixel coordinates
+    A prediction may carry its exact mask as ``rle`` and the detector's ``box``: the COCO writer
+    writes those rather than the polygons and their bounds (polygons lose holes).
+    """
+
+    polygons: tuple[np.ndarray, ...]  # each (N, 2) float32, N >= 3, pixel coordinates; may be empty with rle
     label: int  # 1-based class id; 0 is background
     shape: str = "polygon"  # the shape it was drawn as (polygon, rect, circle, ...)
     score: float | None = None  # a prediction's confidence; the VIA writer writes it as region attribute score
+    rle: dict | None = None  # a prediction's mask (with its box), COCO RLE {"size": [h, w], "counts": ...}
+    box: tuple[float, float, float, float] | None = None  # a prediction's box, x0, y0, x1, y1 in pixels
 
 
 @dataclass

@@ -22,7 +22,7 @@ from booksegm.data.formats.common import (
 )
 from booksegm.data.formats.geometry import mask_outlines, rect_polygon
 from booksegm.data.formats.options import ReaderOptions
-from booksegm.data.records import AnnotationError, AnnotationSet, BadRegion, ImageRecord, SkipRegion
+from booksegm.data.records import AnnotationError, AnnotationSet, BadRegion, ImageRecord, Instance, SkipRegion
 
 MAX_MASK_PIXELS = 1 << 28  # beyond PIL's decompression-bomb limit: a corrupt size, not a photo
 
@@ -178,27 +178,49 @@ def rle_string_counts(text: str) -> list[int]:
     return counts
 
 
-def write_coco(annotations: AnnotationSet, path: Path) -> None:
-    """COCO instances JSON, file names relative to ``path``'s folder, categories 1..N as data.classes."""
+def write_coco(annotations: AnnotationSet, path: Path, image_root: Path | None = None) -> None:
+    """COCO instances JSON, categories 1..N as data.classes, file names relative to ``image_root``
+    (default: ``path``'s folder), so the file reads back with it.
+
+    An instance with an ``rle`` mask is written with it (holes kept) and its pixel area, else with
+    its polygons and their area; its bbox is its ``box`` when it has one, else its polygons'
+    bounds. Scored instances (predictions) carry ``score``: the annotations list is then a COCO
+    results file.
+    """
+    image_root = image_root if image_root is not None else path.parent
     images, anns = [], []
     for image_id, record in enumerate(annotations.records, start=1):
-        image = {"id": image_id, "file_name": file_name_from(record.path, path.parent)}
+        image = {"id": image_id, "file_name": file_name_from(record.path, image_root)}
         size = (record.width, record.height) if record.width and record.height else header_size(record.path)
         if size:  # unknown for a missing image; readers then look at the file
             image["width"], image["height"] = size
         images.append(image)
         for inst in record.instances:
-            parts = [p.astype(np.float64) for p in inst.polygons]
-            points = np.concatenate(parts)
-            (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
-            anns.append({
-                "id": len(anns) + 1,
-                "image_id": image_id,
-                "category_id": inst.label,
-                "segmentation": [[json_number(v) for v in p.astype(np.float32).ravel()] for p in inst.polygons],
-                "area": round(sum(Polygon(p).area for p in parts), 3),
-                "bbox": [json_number(v) for v in (x0, y0, x1 - x0, y1 - y0)],
-                "iscrowd": 0,
-            })
-    categories = [{"id": i, "name": name, "supercategory": ""} for i, name in enumerate(annotations.class_names, 1)]
+            ann = {"id": len(anns) + 1, "image_id": image_id, "category_id": inst.label, "bbox": coco_bbox(inst)}
+            if inst.score is not None:
+                ann["score"] = round(inst.score, 4)
+            if inst.rle is not None:
+                ann["area"], ann["segmentation"] = rle_area(inst.rle), inst.rle
+            else:
+                ann["area"] = round(sum(Polygon(p.astype(np.float64)).area for p in inst.polygons), 3)
+                ann["segmentation"] = [[json_number(v) for v in p.ravel()] for p in inst.polygons]
+            ann["iscrowd"] = 0
+            anns.append(ann)
+    categories = [{"id": i, "name": name} for i, name in enumerate(annotations.class_names, 1)]
     write_json({"images": images, "annotations": anns, "categories": categories}, path)
+
+
+def coco_bbox(inst: Instance) -> list[float]:
+    """[x, y, width, height]: the detector's box to 0.01 px, else the polygons' bounds exactly."""
+    if inst.box is not None:
+        x0, y0, x1, y1 = inst.box
+        return [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)]
+    points = np.concatenate(inst.polygons).astype(np.float64)
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    return [json_number(v) for v in (x0, y0, x1 - x0, y1 - y0)]
+
+
+def rle_area(rle: dict) -> int:
+    """Pixels in an RLE mask: the sum of its 1-runs (every other run, from the second)."""
+    counts = rle["counts"]
+    return sum((rle_string_counts(counts) if isinstance(counts, str) else counts)[1::2])

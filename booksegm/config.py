@@ -2,6 +2,24 @@
 
 Merging into the dataclass schema rejects unknown keys (a typo) and wrong types with
 OmegaConf's one-line message before any work starts.
+
+One source of truth for defaults: each section's dataclass is its schema and holds the defaults;
+the section's base YAML lists the same keys and values, with a one-line comment each, for users:
+
+  conf/data/via.yaml          DataConfig (+ ResizeConfig, AugmentConfig, SyntheticConfig)
+  conf/model/maskrcnn.yaml    ModelConfig (+ AnchorConfig), booksegm/model/build.py
+  conf/train/default.yaml     OptimConfig (+ StageConfig), booksegm/model/module.py
+  conf/predict.yaml           PredictConfig, booksegm/predict.py
+  conf/evaluate.yaml          EvaluateConfig, booksegm/evaluate.py
+  conf/export.yaml            ExportConfig, booksegm/export.py
+  conf/callbacks/default.yaml EMAWeights' arguments, booksegm/model/ema.py
+
+A YAML value may differ only where the dataclass cannot hold it: a required value (``???``,
+a field without a default) or an interpolation such as ``${paths.cache_dir}``. The other YAMLs
+(conf/data/synthetic|coco|yolo, conf/model/maskrcnn_cpu, conf/profile/*, conf/experiment/*) are
+overrides: their values differ on purpose, but every key they set is a schema field.
+tests/test_config_schema.py holds all of this. Each section is converted to its dataclass once,
+where it is used (``to_dataclass``); Lightning hyperparameters stay plain dicts.
 """
 
 from __future__ import annotations

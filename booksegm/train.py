@@ -28,7 +28,6 @@ from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.records import AnnotationError
 from booksegm.inference import CheckpointError, read_torch_file
-from booksegm.model.build import ModelConfig
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import BookSegmModule, NonFiniteTrainingError
 from booksegm.model.stages import StagedTraining
@@ -46,13 +45,14 @@ def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
     datamodule = BookDataModule(to_dataclass(DataConfig, cfg.data, "data"))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model_cfg = to_dataclass(ModelConfig, cfg.model, "model")
+    # plain sections: the module converts each once and keeps them as checkpoint hyperparameters
     module = BookSegmModule(
         model=as_plain(cfg.model), optim=as_plain(cfg.train), class_names=list(datamodule.class_names)
     )
     # as .hydra/config.yaml holds it: evaluate, predict, export and resume read it from the checkpoint
     module.run_config = OmegaConf.to_container(cfg, resolve=False)
     if not cfg.get("ckpt_path"):
+        model_cfg = module.model_cfg
         load_initial_weights(module.model, model_cfg.weights, model_cfg.backbone, Path(cfg.paths.log_dir))
     return datamodule, module
 

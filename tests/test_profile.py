@@ -88,8 +88,9 @@ def test_every_experiment_composes_with_the_gpu_profile(experiment, monkeypatch,
 
 @pytest.mark.parametrize("pin", [True, False])
 def test_data_pin_memory_reaches_the_loaders(tmp_path, pin):
-    cfg = DataConfig(root=str(tmp_path), annotations="via_region_data.json", images="images", num_workers=0, pin_memory=pin, val_fraction=0.5,
-                     resize=ResizeConfig("none"), synthetic=SyntheticConfig(num_images=2, width=64, height=48))
+    cfg = DataConfig(format="synthetic", root=str(tmp_path), annotations="via_region_data.json", images="images", num_workers=0,
+                     pin_memory=pin, val_fraction=0.5, resize=ResizeConfig("none"),
+                     synthetic=SyntheticConfig(num_images=2, width=64, height=48))
     datamodule = BookDataModule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")

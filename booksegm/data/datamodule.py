@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from omegaconf import MISSING
 from torch.utils.data import DataLoader
 
 from booksegm.data.dataset import BookDataset, SkipEmptyBatches, collate_detection
@@ -42,8 +43,8 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "synthetic"  # synthetic | via | coco | yolo
-    root: str = "data"  # dataset folder: annotation files and images are found relative to it
+    format: str = "via"  # synthetic | via | coco | yolo
+    root: str = MISSING  # dataset folder (required): annotation files and images are found relative to it
     annotations: str | None = None  # annotation file (via/coco) or split folder (yolo) under root; null = auto
     val_annotations: str | None = None  # separate validation set; null = split off val_fraction
     images: str | None = None  # image folder under root; null = the annotation file's folder
@@ -57,7 +58,7 @@ class DataConfig:
     folds: int = 0  # k-fold cross-validation: K > 1 holds out fold `fold` of K as validation
     fold: int = 0  # which fold is validation, 0..K-1
     max_gt_instances: int = 100  # MAX_GT_INSTANCES: instances kept per image (the rest dropped, logged)
-    min_instance_area: int = 4  # instances with fewer mask pixels after augmentation are dropped
+    min_instance_area: int = 16  # instances with fewer mask pixels after augmentation are dropped
     resize: ResizeConfig = field(default_factory=ResizeConfig)  # IMAGE_RESIZE_MODE and dims for training
     val_resize: ResizeConfig | None = None  # resizing for validation; null = as `resize`
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the seed's flips and rotation

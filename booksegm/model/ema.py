@@ -17,7 +17,7 @@ from booksegm.config import ConfigError
 
 
 class EMAWeights(WeightAveraging):
-    def __init__(self, decay: float = 0.999, ramp_steps: float = 200.0):
+    def __init__(self, decay: float = 0.995, ramp_steps: float = 100.0):
         if not 0.0 < decay < 1.0 or ramp_steps < 0:
             raise ConfigError(f"callbacks.ema: decay must lie in (0, 1) and ramp_steps >= 0, got {decay}, {ramp_steps}")
         self.decay, self.ramp_steps = decay, ramp_steps

@@ -16,7 +16,7 @@ from booksegm.config import ConfigError, to_dataclass
 from booksegm.evaluation.coco_eval import CocoEvaluator
 from booksegm.evaluation.visualize import draw_instances, make_grid
 from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet
-from booksegm.model.losses import validate_loss_weights, weighted_loss
+from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.stages import StageConfig, validate_stages
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class OptimConfig:
     schedule: str = "cosine"  # after warmup: cosine (to 0) | step | constant
     step_milestones: list[float] = field(default_factory=lambda: [0.7, 0.9])  # step: fractions of all steps
     step_gamma: float = 0.1  # step: LR multiplier at each milestone
-    loss_weights: dict[str, float] = field(default_factory=dict)  # LOSS_WEIGHTS by matterport name; missing = 1.0
+    # LOSS_WEIGHTS by matterport name; a name left out of an override weighs 1.0
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_NAMES.values(), 1.0))
     max_nonfinite_steps: int = 5  # consecutive steps with a NaN/inf loss or gradient (each skipped) before the run stops
     # matterport's staged train(layers=...) calls, run back to back; null or [] = one stage, all layers
     stages: list[StageConfig] | None = field(default_factory=list)
@@ -68,8 +69,9 @@ class BookSegmModule(pl.LightningModule):
     def __init__(self, model: dict, optim: dict, class_names: list[str], num_val_images_logged: int = 4):
         super().__init__()
         self.save_hyperparameters()
-        self.model_cfg = to_dataclass(ModelConfig, model)
-        self.optim_cfg = to_dataclass(OptimConfig, optim)
+        # the one conversion of each section (train.build passes the plain YAML sections)
+        self.model_cfg = to_dataclass(ModelConfig, model, "model")
+        self.optim_cfg = to_dataclass(OptimConfig, optim, "train")
         self.optim_cfg.validate()
         resnet_stages = [s.layers for s in self.optim_cfg.stages or [] if s.layers in RESNET_STAGES]
         if resnet_stages and is_mobilenet(self.model_cfg.backbone):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import runpy
 import sys
 
+from booksegm.errors import UserError, cli_errors
+
 COMMANDS = {  # command: (module, one line of help)
     "train": ("booksegm.train", "train Mask R-CNN (Hydra: key=value overrides, +experiment=NAME, --multirun)"),
     "evaluate": ("booksegm.evaluate", "COCO mAP, PR curves and per-image scores of a checkpoint (Hydra)"),
@@ -35,6 +37,7 @@ def usage() -> str:
     ])
 
 
+@cli_errors(exit_code=2)  # an unknown command: one line, exit 2 (as argparse's)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -42,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, *rest = argv
     if command not in COMMANDS:
-        print(f"booksegm: error: unknown command {command!r} (booksegm --help lists them)", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown command {command!r} (booksegm --help lists them)")
     sys.argv = [sys.argv[0], *rest]  # run_module puts the module's file in sys.argv[0]
     runpy.run_module(COMMANDS[command][0], run_name="__main__", alter_sys=True)
     return 0

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from booksegm.data.images import ImageReadError, image_size
-from booksegm.data.records import AnnotationSet
+from booksegm.data.records import AnnotationError, AnnotationSet
 from booksegm.data.resize import RESIZE_MODES, ResizeConfig, resize_scale
+from booksegm.errors import cli_errors
 from booksegm.model.build import FPN_LEVELS, AnchorConfig
 
 SEED_SCALES = {  # the scale sets the seed's user compared (conf/experiment/anchors_*)
@@ -161,6 +162,7 @@ def format_report(boxes: np.ndarray, scores: list[Score], resize: ResizeConfig, 
     return "\n".join(lines)
 
 
+@cli_errors(exit_code=2)  # a bad value or annotation file: one line, exit 2 (as argparse's)
 def main(argv: list[str] | None = None) -> int:
     from booksegm.data.formats import load_annotations
     from booksegm.data.formats.options import add_reader_arguments, reader_options
@@ -184,21 +186,16 @@ def main(argv: list[str] | None = None) -> int:
 
     resize = ResizeConfig(args.mode, args.min_dim, args.max_dim, args.min_scale)
     current = AnchorConfig(list(args.sizes), list(args.ratios))
-    try:
-        resize.validate(training=True)
-        current.validate()
-        annotations = load_annotations(args.annotations, args.format, reader_options(args))
-    except ValueError as err:  # ConfigError and AnnotationError: one line naming the problem
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    resize.validate(training=True)
+    current.validate()
+    annotations = load_annotations(args.annotations, args.format, reader_options(args))
     boxes, skipped = box_shapes(annotations, resize)
     if skipped:
         print(f"warning: {skipped} images skipped: no readable file and no size in the annotation", file=sys.stderr)
     if not len(boxes):
         reasons = "; ".join(f"{reason}: {n}" for reason, n in annotations.skipped.most_common())
-        print(f"error: {args.annotations}: no GT boxes to measure"
-              + (f" (regions skipped, by reason: {reasons})" if reasons else ""), file=sys.stderr)
-        return 1
+        raise AnnotationError(f"{args.annotations}: no GT boxes to measure"
+                              + (f" (regions skipped, by reason: {reasons})" if reasons else ""))
     scores = suggest(boxes, AnchorSet("current", tuple(current.sizes), tuple(current.ratios)), args.iou, args.top)
     print(format_report(boxes, scores, resize, args.iou))
     return 0

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from booksegm.errors import UserError
+
 T = TypeVar("T")
 
 # Run folders are named by the second a run started plus this random suffix (conf/hydra/default.yaml):
@@ -38,7 +40,7 @@ T = TypeVar("T")
 OmegaConf.register_new_resolver("run_suffix", lambda: secrets.token_hex(3), use_cache=True, replace=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; raised before any training starts, in one line."""
 
 

@@ -9,9 +9,7 @@ and 0.75) and ``per_image.csv`` (worst photos first). The table is printed too.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,12 +22,11 @@ from tqdm import tqdm
 
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
+from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import STAT_NAMES
 from booksegm.evaluation.report import EvaluationReport
 from booksegm.evaluation.visualize import plot_pr_curves
-from booksegm.inference import USER_ERRORS, LoadedModel, load_model, read_settings, select_device
-
-log = logging.getLogger(__name__)
+from booksegm.inference import LoadedModel, load_model, read_settings, select_device
 
 SPLITS = ("val", "test")
 
@@ -133,11 +130,8 @@ def format_table(report: EvaluationReport, settings: EvaluateConfig, out: Path) 
 
 @hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli_errors():
         evaluate(cfg, list(HydraConfig.get().overrides.task))
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(f"booksegm: error: {err}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -41,9 +40,9 @@ from booksegm.config import ConfigError
 from booksegm.data.images import load_rgb
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import render_scene
+from booksegm.errors import cli_errors
 from booksegm.inference import (
     SPEC_SECTION,
-    USER_ERRORS,
     LoadedModel,
     load_model,
     prepare_image,
@@ -301,11 +300,8 @@ def export(settings: ExportConfig) -> Parity:
 
 @hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli_errors():
         export(read_settings(ExportConfig, cfg))
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(f"booksegm: error: {err}")
 
 
 if __name__ == "__main__":

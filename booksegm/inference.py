@@ -27,8 +27,8 @@ from torchvision.models.detection import MaskRCNN
 
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.dataset import to_tensor
-from booksegm.data.records import AnnotationError
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
+from booksegm.errors import UserError
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY
 
@@ -43,12 +43,8 @@ UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch's name 
 MODEL_FILES = "booksegm reads a Lightning .ckpt or an exported state dict .pth"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A model file that cannot be loaded; the message names the file and the problem."""
-
-
-# Errors that mean "the user's input is wrong": entry points report them in one line.
-USER_ERRORS = (ConfigError, AnnotationError, CheckpointError)
 
 
 @dataclass

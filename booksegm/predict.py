@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +45,10 @@ from booksegm.data.formats.via import write_via
 from booksegm.data.images import ImageReadError, load_rgb
 from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 from booksegm.data.resize import ResizeConfig
+from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import encode_masks
 from booksegm.evaluation.visualize import color_splash, draw_instances
 from booksegm.inference import (
-    USER_ERRORS,
     Detections,
     LoadedModel,
     load_model,
@@ -339,11 +338,8 @@ def report(summary: PredictSummary, out: Path, seconds: float) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli_errors():
         predict(read_settings(PredictConfig, cfg))
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(f"booksegm: error: {err}")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ import csv
 import json
 import math
 import statistics
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from booksegm.errors import UserError, cli_errors
 
 MASK_AP, BOX_AP = "val/mask_AP", "val/box_AP"
 FOLD_KEY = "data.fold"
@@ -225,6 +226,7 @@ def natural_key(path: Path) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in path.parts)
 
 
+@cli_errors(exit_code=2)  # a folder without jobs: one line, exit 2 (as argparse's)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m booksegm.sweep_report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", type=Path, help="a Hydra multirun folder (outputs/train/multiruns/<time>)")
@@ -233,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = read_sweep(args.multirun_dir)
     if not jobs:
-        print(f"error: no Hydra jobs (*/.hydra/overrides.yaml) under {args.multirun_dir}", file=sys.stderr)
-        return 2
+        raise UserError(f"no Hydra jobs (*/.hydra/overrides.yaml) under {args.multirun_dir}")
     out = args.out or args.multirun_dir
     out.mkdir(parents=True, exist_ok=True)
     print(f"sweep {args.multirun_dir}: {len(jobs)} jobs, {sum(j.mask_ap is not None for j in jobs)} with results")

@@ -14,7 +14,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import hydra
 import pytorch_lightning as pl
@@ -24,21 +23,19 @@ from omegaconf import DictConfig, OmegaConf
 from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from booksegm.config import ConfigError, as_plain, to_dataclass
+from booksegm.config import as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
-from booksegm.data.records import AnnotationError
-from booksegm.inference import CheckpointError, read_torch_file
+from booksegm.errors import cli_errors
+from booksegm.inference import read_torch_file
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
-from booksegm.model.module import BookSegmModule, NonFiniteTrainingError
+from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining
-from booksegm.model.weights import WeightsUnavailableError, load_initial_weights
+from booksegm.model.weights import load_initial_weights
 from booksegm.profile import with_profile  # also registers ${auto_precision:}
 from booksegm.resume import resume_config
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the user's input is wrong": reported in one line, not as a traceback.
-USER_ERRORS = (ConfigError, AnnotationError, WeightsUnavailableError, CheckpointError, NonFiniteTrainingError)
 
 def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
     """The datamodule (set up, so bad data fails now) and the module with its initial weights."""
@@ -58,18 +55,16 @@ def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train; returns the run summary also written to ``metrics.json`` in the run folder."""
+    """Train; returns the run summary also written to ``metrics.json`` in the run folder. Bad input,
+    divergence and a stop by signal raise a UserError (``main`` reports it in one line)."""
     started = time.perf_counter()
-    try:
-        if cfg.get("ckpt_path"):  # a wrong path fails now, in one line, not after data and model are built
-            ckpt_path = Path(cfg.ckpt_path).expanduser()
-            cfg = resume_config(cfg, read_torch_file(ckpt_path), ckpt_path)
-            note_resumed_run(Path(cfg.paths.output_dir))
-        pl.seed_everything(cfg.seed, workers=True)
-        datamodule, module = build(cfg)
-        staging = build_staging(module, datamodule)
-    except USER_ERRORS as err:
-        fail(err)
+    if cfg.get("ckpt_path"):  # a wrong path fails now, in one line, not after data and model are built
+        ckpt_path = Path(cfg.ckpt_path).expanduser()
+        cfg = resume_config(cfg, read_torch_file(ckpt_path), ckpt_path)
+        note_resumed_run(Path(cfg.paths.output_dir))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build(cfg)
+    staging = build_staging(module, datamodule)
 
     # an experiment turns a default callback off by setting it to null (callbacks.ema: null)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
@@ -83,12 +78,9 @@ def train(cfg: DictConfig) -> dict:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **staged)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    except USER_ERRORS as err:  # divergence, or a checkpoint whose training stage train.stages does not have
-        fail(err)
-    except TrainingInterrupted as err:
-        fail(err, err.exit_code)
-    except SIGTERMException:  # SIGTERM during validation: Lightning stops there
-        fail("stopped by SIGTERM during validation; resume from the last checkpoint", 143)
+    except SIGTERMException:  # SIGTERM during validation: Lightning stops there, not at InterruptCheckpoint
+        raise TrainingInterrupted("stopped by SIGTERM during validation; resume from the last checkpoint",
+                                  "SIGTERM") from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = summarize(module.val_history, cfg.optimized_metric, time.perf_counter() - started, trainer)
@@ -101,12 +93,6 @@ def build_staging(module: BookSegmModule, datamodule: BookDataModule) -> StagedT
     """The staged schedule (train.stages); None runs all layers for trainer.max_epochs."""
     stages = module.optim_cfg.stages
     return StagedTraining(stages, datamodule.cfg.resize) if stages else None
-
-
-def fail(err: Exception | str, exit_code: int = 1) -> NoReturn:
-    log.error("%s", err)
-    print(f"booksegm: error: {err}", file=sys.stderr)
-    sys.exit(exit_code)
 
 
 def note_resumed_run(run_dir: Path) -> None:
@@ -149,7 +135,8 @@ def report(trainer: pl.Trainer, metrics: dict[str, float], cfg: DictConfig) -> N
 @hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the run's best ``optimized_metric``: what Hydra sweepers (Optuna) optimise."""
-    return train(cfg)["best"].get(cfg.optimized_metric)
+    with cli_errors():  # bad input, divergence, Ctrl-C/SIGTERM: one line and the exit code
+        return train(cfg)["best"].get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def test_nothing_usable_exits_1_and_an_unreadable_file_exits_2(tmp_path, capsys)
     status, out = run_check(capsys, tmp_path / "via.json")
     assert status == 1 and "NOTHING USABLE: no listed image was found and readable" in out
     (tmp_path / "bad.json").write_text("{")
-    assert main(["check", str(tmp_path / "bad.json")]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        main(["check", str(tmp_path / "bad.json")])
     assert "bad.json: invalid JSON at line 1 column 2" in capsys.readouterr().err
 
 

@@ -324,7 +324,8 @@ def test_convert_command(tmp_path, capsys):
     nameless = coco_file(tmp_path, [{"segmentation": [[10, 10, 30, 10, 30, 30]]}], categories=[{"id": 7}])
     assert main(["convert", str(nameless), str(tmp_path / "via.json"), "--to", "via"]) == 0
     assert "  no class, taken as book: 1" in capsys.readouterr().out
-    assert main(["convert", str(tmp_path / "none.json"), str(tmp_path / "x.json"), "--to", "coco"]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        main(["convert", str(tmp_path / "none.json"), str(tmp_path / "x.json"), "--to", "coco"])
     assert "none.json: not found" in capsys.readouterr().err
 
 

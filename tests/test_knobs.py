@@ -31,7 +31,7 @@ def compose_config(*overrides: str):
 
 @pytest.mark.parametrize("path", ["model/maskrcnn.yaml", "train/default.yaml"])
 def test_every_config_value_is_commented(path):
-    """SPEC §2: each knob is a config value with its matterport name (or meaning) in a comment."""
+    """Each knob is a config value with its matterport name (or meaning) in a comment."""
     for line in (CONF / path).read_text().splitlines():
         if re.match(r"^\s*\w+:\s*\S", line) and not line.lstrip().startswith("#"):
             assert "#" in line, f"{path}: no comment on {line.strip()!r}"

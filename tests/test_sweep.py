@@ -76,7 +76,8 @@ def test_the_table_is_sorted_by_best_mask_ap_and_shows_failed_jobs_last(tmp_path
 
 
 def test_a_folder_without_jobs_is_an_error(tmp_path, capsys):
-    assert sweep_report([str(tmp_path)]) == 2
+    with pytest.raises(SystemExit, match="^2$"):
+        sweep_report([str(tmp_path)])
     assert "no Hydra jobs" in capsys.readouterr().err
 
 

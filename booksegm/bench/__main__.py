@@ -34,9 +34,12 @@ from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+from booksegm.config import ConfigError
 from booksegm.data.datamodule import BookDataModule, DataConfig, SyntheticConfig
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import generate_dataset
+from booksegm.errors import cli_errors
+from booksegm.inference import select_device
 from booksegm.model.build import ModelConfig
 from booksegm.model.module import BookSegmModule, OptimConfig
 
@@ -204,6 +207,7 @@ def report_train(name: str, times: list[float], losses: list[float], batch_size:
           f"{memory}, mean loss last {len(tail)} steps {statistics.mean(tail):.3f}")
 
 
+@cli_errors()
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["accuracy"], ["curves"]):
@@ -211,10 +215,9 @@ def main(argv=None) -> int:
 
         return (accuracy.main if argv[0] == "accuracy" else accuracy.curves_main)(argv[1:])
     args = parse_args(argv[1:] if argv[:1] == ["speed"] else argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = select_device(args.device)
     if args.amp and device.type != "cuda":
-        sys.exit("--amp needs a CUDA device")
+        raise ConfigError("--amp needs a CUDA device")
     print(f"booksegm bench: device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"backbone {args.backbone}, {args.image_size} px, batch {args.batch_size}, AMP {args.amp}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from booksegm.config import ConfigError
+
 DEFAULT_RECIPES = ("default=", "cpu_default_v1=+experiment=cpu_default_v1")
 METRICS = ("val/mask_AP", "val/mask_AP50", "val/box_AP")
 
@@ -41,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def parse_recipe(text: str) -> tuple[str, list[str]]:
     name, sep, overrides = text.partition("=")
     if not sep or not name or "/" in name:
-        raise SystemExit(f"booksegm bench accuracy: error: --recipe {text!r} is not NAME=OVERRIDES")
+        raise ConfigError(f"--recipe {text!r} is not NAME=OVERRIDES")
     return name, overrides.split()
 
 

@@ -16,6 +16,7 @@ import time
 
 from booksegm.data.formats.options import add_reader_arguments, reader_options
 from booksegm.data.synthetic import STYLES
+from booksegm.errors import cli_errors
 
 
 def synth(args: argparse.Namespace) -> int:
@@ -34,13 +35,9 @@ def synth(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     from booksegm.data.check import exit_status, format_report, summarize
     from booksegm.data.formats import load_annotations
-    from booksegm.data.records import AnnotationError
 
-    try:
-        annotations = load_annotations(args.annotations, args.format, reader_options(args, collect_errors=True))
-    except AnnotationError as err:  # a file that cannot be read at all: one error
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # a file that cannot be read at all raises: one error line, exit 2
+    annotations = load_annotations(args.annotations, args.format, reader_options(args, collect_errors=True))
     report = summarize(annotations, progress=sys.stderr.isatty())
     print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else format_report(report))
     return exit_status(report)
@@ -48,14 +45,9 @@ def check(args: argparse.Namespace) -> int:
 
 def convert(args: argparse.Namespace) -> int:
     from booksegm.data.formats import load_annotations, save_annotations
-    from booksegm.data.records import AnnotationError
 
-    try:
-        annotations = load_annotations(args.src, args.from_format, reader_options(args))
-        save_annotations(annotations, args.dst, args.to)
-    except AnnotationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    annotations = load_annotations(args.src, args.from_format, reader_options(args))
+    save_annotations(annotations, args.dst, args.to)
     print(f"{args.dst}: {len(annotations.records)} images, {annotations.num_instances} instances ({args.to})")
     for reason, n in annotations.skipped.most_common():
         print(f"  skipped {n}: {reason}")
@@ -95,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_errors(exit_code=2)  # an annotation file or value that cannot be used: one line, exit 2 (as argparse's)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.run(args)

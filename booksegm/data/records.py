@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from booksegm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that cannot be used; the message names the file and the problem."""
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
+from booksegm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(UserError):
     """The run was stopped by a signal; the message says what was saved and how to resume."""
 
     def __init__(self, message: str, signal_name: str):

@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from booksegm.config import ConfigError, to_dataclass
+from booksegm.errors import UserError
 from booksegm.evaluation.coco_eval import CocoEvaluator
 from booksegm.evaluation.visualize import draw_instances, make_grid
 from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet
@@ -28,7 +29,7 @@ RUN_CONFIG_KEY = "booksegm_config"  # checkpoint entry: the run's resolved confi
 VAL_HISTORY_KEY = "val_history"  # checkpoint entry: every validation so far, so a resumed run's metrics.json is whole
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(UserError, RuntimeError):
     """Training diverged: too many steps in a row with a non-finite loss or gradient, or non-finite weights."""
 
 

@@ -16,6 +16,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from booksegm.config import ConfigError
+from booksegm.errors import UserError
 from booksegm.inference import CheckpointError, read_torch_file
 from booksegm.model.build import BACKBONES, is_mobilenet
 
@@ -38,7 +39,7 @@ COCO_WEIGHTS = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Weights that cannot be had here (no network, missing file)."""
 
 

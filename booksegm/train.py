@@ -30,7 +30,7 @@ from booksegm.inference import read_torch_file
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining
-from booksegm.model.weights import load_initial_weights
+from booksegm.model.weights import load_initial_weights, read_state_dict, weights_file
 from booksegm.profile import with_profile  # also registers ${auto_precision:}
 from booksegm.resume import resume_config
 
@@ -62,6 +62,8 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = Path(cfg.ckpt_path).expanduser()
         cfg = resume_config(cfg, read_torch_file(ckpt_path), ckpt_path)
         note_resumed_run(Path(cfg.paths.output_dir))
+    elif (weights := weights_file(str(cfg.model.weights), Path(cfg.paths.log_dir))) is not None:
+        read_state_dict(weights)  # a bad model.weights file fails now too, before data and model
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     staging = build_staging(module, datamodule)
@@ -77,7 +79,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("train.stages: %d stages, %d epochs in all", len(staging.stages), staging.total_epochs)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **staged)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:  # SIGTERM during validation: Lightning stops there, not at InterruptCheckpoint
         raise TrainingInterrupted("stopped by SIGTERM during validation; resume from the last checkpoint",
                                   "SIGTERM") from None

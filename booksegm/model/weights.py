@@ -74,10 +74,17 @@ def load_initial_weights(model: nn.Module, spec: str, backbone: str, runs_root: 
         state = fetch_state_dict(COCO_WEIGHTS[backbone])
         source = "COCO Mask R-CNN"
     else:
-        path = find_last_checkpoint(runs_root) if spec == "last" else Path(spec).expanduser()
+        path = weights_file(spec, runs_root)
         state = read_state_dict(path)
         source = str(path)
     load_with_head_surgery(model, state, source)
+
+
+def weights_file(spec: str, runs_root: Path | None) -> Path | None:
+    """The file ``model.weights`` names (``last``: the newest last.ckpt); None for none, coco and imagenet."""
+    if spec in ("none", "coco", "imagenet"):
+        return None
+    return find_last_checkpoint(runs_root) if spec == "last" else Path(spec).expanduser()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ import argparse
 import re
 
 import torch
+from support import TINY
 
 from booksegm.bench.__main__ import main, model_settings
 from booksegm.model.module import build_optimizer
@@ -30,8 +31,6 @@ def test_booksegm_side_trains_with_the_plain_loops_optimizer():
 
 
 def test_accuracy_bench_trains_each_recipe_and_prints_them_side_by_side(tmp_path, capsys, monkeypatch):
-    from test_train import TINY  # the tiny synthetic training run's overrides
-
     monkeypatch.setenv("BOOKSEGM_ROOT", str(tmp_path))
     out = tmp_path / "bench"
     code = main(["accuracy", "--recipe", "tiny=train.lr=0.002", "--recipe", "broken=model.norm=layer",

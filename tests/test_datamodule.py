@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from support import BOOK, NO_AUGMENT, polygon_region, truncate_jpeg, write_via_set
 
 from booksegm.data import images as images_module
 from booksegm.data.datamodule import BookDataModule, DataConfig, split_records
 from booksegm.data.records import ImageRecord
 from booksegm.data.resize import ResizeConfig
-from booksegm.data.transforms import AugmentConfig
-
-NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, rotate_p=0, photometric_p=0)
-
-
-def polygon_region(xs, ys) -> dict:
-    return {"shape_attributes": {"name": "polygon", "all_points_x": xs, "all_points_y": ys},
-            "region_attributes": {"name": "book"}}
-
-
-def write_via_set(root: Path, images: dict[str, list[dict]], missing: tuple[str, ...] = ()) -> Path:
-    """A VIA 2 export plus 80 x 60 JPEGs (except the ``missing`` ones)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in images:
-        if name not in missing:
-            Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(root / name)
-    data = {f"{name}-1": {"filename": name, "size": -1, "regions": regions, "file_attributes": {}}
-            for name, regions in images.items()}
-    path = root / "via_region_data.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
-def truncate_jpeg(path: Path) -> None:
-    """Rewrite ``path`` as a noise JPEG cut in half: its header reads, its pixels do not decode."""
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def make_datamodule(root: Path, **overrides) -> BookDataModule:
@@ -128,9 +99,6 @@ def test_bad_data_values_fail_early(tmp_path, field, value, message):
 
     with pytest.raises(ConfigError, match=message):
         make_datamodule(tmp_path, **{field: value})
-
-
-BOOK = [polygon_region([10, 30, 30, 10], [5, 5, 45, 45])]
 
 
 def test_a_truncated_jpeg_is_skipped_at_setup_with_the_check_message(tmp_path, caplog):

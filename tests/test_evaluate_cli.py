@@ -5,27 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
-from importlib.resources import files
-from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from test_train import TINY  # the tiny synthetic training run's overrides
+from support import TINY, compose_config, run_command
 
-from booksegm.config import as_plain
 from booksegm.evaluate import evaluate
 from booksegm.evaluation.report import EvaluationReport
 from booksegm.evaluation.voc import mean_voc_ap
 from booksegm.export import ExportConfig, export
-from booksegm.model.module import BookSegmModule
 
-CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 SIZE = 40
 
 
@@ -110,33 +99,10 @@ def test_scores_below_the_threshold_stay_out_of_the_per_image_counts_but_not_out
     assert (result.detections, result.tp, result.fn, result.voc_ap50) == (0, 0, 1, 0.0)
 
 
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory) -> Path:
-    """What ``python -m booksegm.train`` leaves (the tiny synthetic run's config and a Lightning
-    checkpoint), made in-process: the weights are the untrained ones, which is all evaluate needs."""
-    root = tmp_path_factory.mktemp("root")
-    run = root / "outputs" / "train" / "runs" / "tiny"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=TINY)
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # unresolved, as Hydra saves it
-    torch.manual_seed(0)
-    module = BookSegmModule(model=as_plain(cfg.model), optim=as_plain(cfg.train), class_names=list(cfg.data.classes))
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
-    return run
-
-
-def test_evaluate_command_on_a_checkpoint_uses_its_run_config(run_folder):
-    root = run_folder.parents[3]
-    env = {**os.environ, "BOOKSEGM_ROOT": str(root), "BOOKSEGM_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "booksegm.evaluate", f"ckpt_path={run_folder / 'checkpoints' / 'last.ckpt'}",
-         "data.val_batch_size=1", "score_threshold=0.0"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )
+def test_evaluate_command_on_a_checkpoint_uses_its_run_config(tiny_run):
+    root = tiny_run.root
+    result = run_command("evaluate", root, f"ckpt_path={tiny_run.checkpoint}", "data.val_batch_size=1",
+                         "score_threshold=0.0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val: 2 images" in result.stdout and "matterport VOC mask AP50" in result.stdout
     assert "AP50" in result.stdout and "AR100" in result.stdout
@@ -155,10 +121,9 @@ def test_evaluate_command_on_a_checkpoint_uses_its_run_config(run_folder):
     assert all(r["image"].startswith("synth_") for r in rows)
 
 
-def test_an_exported_state_dict_evaluates_the_same(run_folder, tmp_path, monkeypatch):
-    root = run_folder.parents[3]
-    monkeypatch.setenv("BOOKSEGM_CACHE", str(root / "cache"))
-    ckpt, weights = run_folder / "checkpoints" / "last.ckpt", tmp_path / "books.pth"
+def test_an_exported_state_dict_evaluates_the_same(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOKSEGM_CACHE", str(tiny_run.root / "cache"))
+    ckpt, weights = tiny_run.checkpoint, tmp_path / "books.pth"
     export(ExportConfig(ckpt_path=str(ckpt), format="state_dict", output=str(weights), timing_runs=1))
     data = [o for o in TINY if o.startswith("data.")]
     results = {}
@@ -166,8 +131,6 @@ def test_an_exported_state_dict_evaluates_the_same(run_folder, tmp_path, monkeyp
         overrides = [f"ckpt_path={path}", f"paths.output_dir={tmp_path / name}"]
         overrides += data if name == "state_dict" else []  # a checkpoint brings its run's data config
         (tmp_path / name).mkdir()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="evaluate", overrides=overrides)
-        results[name] = evaluate(cfg, overrides)
+        results[name] = evaluate(compose_config(*overrides, config_name="evaluate"), overrides)
     assert results["state_dict"]["metrics"] == results["ckpt"]["metrics"]
     assert results["state_dict"]["images"] == 2

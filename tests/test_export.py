@@ -9,14 +9,13 @@ import os
 import re
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from support import compose_config
 
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.synthetic import render_scene
@@ -31,7 +30,6 @@ from booksegm.export import (
 from booksegm.inference import load_model, prepare_image, set_detection_limits
 from booksegm.model.module import BookSegmModule
 
-CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 TINY_MODEL = {"backbone": "resnet18", "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
               "box_detections_per_img": 10}
 SIZE = 96  # the run validated on 96 px squares
@@ -160,8 +158,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
 
 
 def test_export_config_composes(checkpoint):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="export", overrides=[f"ckpt_path={checkpoint}", "format=torchscript"])
+    cfg = compose_config(f"ckpt_path={checkpoint}", "format=torchscript", config_name="export")
     settings = to_dataclass(ExportConfig, {k: cfg[k] for k in ExportConfig.__dataclass_fields__})
     settings.validate()
     assert settings.output_path() == checkpoint.with_name("tiny.torchscript.pt")

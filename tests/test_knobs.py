@@ -4,13 +4,10 @@ config files, normalisation, TRAIN_BN, backbones and the v2 layout, optimizer an
 from __future__ import annotations
 
 import re
-from importlib.resources import files
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from test_model import tiny_config, toy_batch
+from support import CONF, compose_config, tiny_config, toy_batch
 from torch import nn
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
@@ -20,14 +17,6 @@ from booksegm.config import ConfigError, to_dataclass
 from booksegm.model import weights
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
 from booksegm.model.module import OptimConfig, build_optimizer, lr_factor
-
-CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
 
 @pytest.mark.parametrize("path", ["model/maskrcnn.yaml", "train/default.yaml"])
 def test_every_config_value_is_commented(path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import tiny_config, toy_batch
 from torchvision.models import ResNet18_Weights
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 
@@ -16,31 +17,6 @@ from booksegm.inference import CheckpointError
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict
-
-
-def tiny_config(**overrides) -> ModelConfig:
-    cfg = ModelConfig(
-        backbone="resnet18",
-        rpn_pre_nms_top_n_train=100,
-        rpn_post_nms_top_n_train=50,
-        rpn_pre_nms_top_n_test=50,
-        rpn_post_nms_top_n_test=20,
-        box_batch_size_per_image=16,
-    )
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
-def toy_batch(size: int = 64):
-    torch.manual_seed(0)
-    images = [torch.rand(3, size, size) for _ in range(2)]
-    masks = torch.zeros(2, size, size, dtype=torch.uint8)
-    masks[0, 8:40, 10:20] = 1
-    masks[1, 20:60, 30:44] = 1
-    boxes = torch.tensor([[10, 8, 20, 40], [30, 20, 44, 60]], dtype=torch.float32)
-    target = {"boxes": boxes, "labels": torch.ones(2, dtype=torch.int64), "masks": masks}
-    return images, [target, dict(target)]
 
 
 def test_anchors_from_config_reach_the_anchor_generator_and_rpn_head():

@@ -7,13 +7,11 @@ from dataclasses import asdict
 import pytest
 import pytorch_lightning as pl
 import torch
+from support import run_train, tiny_config
 
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
-from booksegm.data.synthetic import generate_dataset
 from booksegm.model.module import BookSegmModule, NonFiniteTrainingError
-from test_model import tiny_config
-from test_train import run_train
 
 
 class PoisonedGradients(BookSegmModule):
@@ -30,11 +28,9 @@ class PoisonedGradients(BookSegmModule):
 
 
 @pytest.fixture(scope="module")
-def datamodule(tmp_path_factory) -> BookDataModule:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, 6, seed=0, width=96, height=72, progress=False)
+def datamodule(synthetic_set) -> BookDataModule:
     data = BookDataModule(to_dataclass(DataConfig, {
-        "format": "via", "root": str(root), "annotations": "via_region_data.json", "images": "images",
+        "format": "via", "root": str(synthetic_set), "annotations": "via_region_data.json", "images": "images",
         "val_fraction": 0.34, "batch_size": 2, "num_workers": 0}))
     data.setup("fit")
     return data

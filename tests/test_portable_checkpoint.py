@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from support import run_command
 
 from booksegm.model.module import RUN_CONFIG_KEY
-from test_train import run_train, train_env
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny training run's folder (its synthetic set in <root>/cache)."""
-    root = tmp_path_factory.mktemp("run")
-    assert run_train(root).returncode == 0
-    return root
-
-
-def run_command(command: str, root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"booksegm.{command}", *overrides], cwd=root, env=train_env(root),
-                          capture_output=True, text=True, timeout=600)
+@pytest.fixture
+def trained(tiny_run) -> Path:
+    """The tiny training run's root (its synthetic set in <root>/cache)."""
+    return tiny_run.root
 
 
 def last_checkpoint(root: Path) -> Path:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from pycocotools.coco import COCO
+from support import compose_config
 
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.formats.coco import read_coco
@@ -37,7 +36,6 @@ from booksegm.inference import (
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.predict import PhotoOutputs, PredictConfig, predict
 
-CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 TINY_MODEL = ModelConfig(backbone="resnet18", rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
                          box_detections_per_img=10)
 RESIZE = ResizeConfig(mode="square", min_dim=96, max_dim=96)
@@ -196,9 +194,8 @@ def test_video_is_written_back_frame_by_frame(weights, tmp_path):
 
 
 def test_predict_config_composes(weights):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="predict", overrides=[f"ckpt_path={weights}", "input=/photos", "output_dir=/tmp/x",
-                                                        "resize={mode:pad64,min_dim:128}"])
+    cfg = compose_config(f"ckpt_path={weights}", "input=/photos", "output_dir=/tmp/x", "resize={mode:pad64,min_dim:128}",
+                         config_name="predict")
     settings = to_dataclass(PredictConfig, {k: cfg[k] for k in PredictConfig.__dataclass_fields__})
     settings.validate()
     assert settings.formats == ["overlay", "splash", "masks", "coco", "via"] and settings.resize.mode == "pad64"

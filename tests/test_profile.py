@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_train import EXPERIMENTS, compose_config
+from support import EXPERIMENTS, compose_config
 
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig, SyntheticConfig

@@ -15,11 +15,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from support import CONF, TINY, compose_config, run_train, train_env
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from booksegm.model.module import RUN_CONFIG_KEY
 from booksegm.resume import resume_config
-from test_train import CONF, TINY, compose_config, run_train, train_env
 
 # two epochs of 4 steps, last.ckpt every 2 steps: step 2 is mid-epoch
 SCHEDULE = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.step_checkpoint.every_n_train_steps=2",

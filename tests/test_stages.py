@@ -8,13 +8,11 @@ from dataclasses import asdict
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_model import tiny_config
-from test_train import run_train
+from support import run_train, tiny_config
 
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.resize import ResizeConfig
-from booksegm.data.synthetic import generate_dataset
 from booksegm.model.build import build_maskrcnn
 from booksegm.model.module import BookSegmModule, OptimConfig
 from booksegm.model.stages import StageConfig, StagedTraining, set_trainable_layers
@@ -148,13 +146,6 @@ class Recorder(pl.Callback):
         self.val_sizes.add(batch[0][0].shape[-1])
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, 6, seed=0, width=96, height=72, progress=False)
-    return root
-
-
 def staged_fit(root, checkpoints, ckpt_path=None) -> Recorder:
     pl.seed_everything(0)
     data_cfg = to_dataclass(DataConfig, {
@@ -179,9 +170,9 @@ def staged_fit(root, checkpoints, ckpt_path=None) -> Recorder:
 
 
 @pytest.fixture(scope="module")
-def staged_run(synthetic_root, tmp_path_factory):
+def staged_run(synthetic_set, tmp_path_factory):
     checkpoints = tmp_path_factory.mktemp("checkpoints")
-    return staged_fit(synthetic_root, checkpoints), checkpoints
+    return staged_fit(synthetic_set, checkpoints), checkpoints
 
 
 def test_each_stage_freezes_its_layers_with_a_new_optimizer_at_its_size(staged_run):
@@ -209,9 +200,9 @@ def test_batchnorm_of_frozen_layers_keeps_its_statistics(staged_run):
     assert torch.equal(epochs[0]["layer1_bn_mean"], epochs[3]["layer1_bn_mean"])
 
 
-def test_resume_in_the_middle_of_stage_2_continues_it(staged_run, synthetic_root):
+def test_resume_in_the_middle_of_stage_2_continues_it(staged_run, synthetic_set):
     _, checkpoints = staged_run
-    resumed = staged_fit(synthetic_root, checkpoints / "resumed", ckpt_path=checkpoints / "epoch=1.ckpt")
+    resumed = staged_fit(synthetic_set, checkpoints / "resumed", ckpt_path=checkpoints / "epoch=1.ckpt")
     epochs = resumed.epochs
     assert sorted(epochs) == [2, 3]
     assert epochs[2]["stage"] == "4+" and epochs[2]["image_size"] == 80
@@ -221,9 +212,9 @@ def test_resume_in_the_middle_of_stage_2_continues_it(staged_run, synthetic_root
     assert epochs[3]["stage"] == "all" and epochs[3]["optimizer"] != epochs[2]["optimizer"]
 
 
-def test_resume_at_a_stage_boundary_enters_the_next_stage(staged_run, synthetic_root):
+def test_resume_at_a_stage_boundary_enters_the_next_stage(staged_run, synthetic_set):
     _, checkpoints = staged_run
-    resumed = staged_fit(synthetic_root, checkpoints / "boundary", ckpt_path=checkpoints / "epoch=0.ckpt")
+    resumed = staged_fit(synthetic_set, checkpoints / "boundary", ckpt_path=checkpoints / "epoch=0.ckpt")
     epoch = resumed.epochs[1]
     assert epoch["stage"] == "4+" and epoch["image_size"] == 80 and epoch["lr"] == 0.005
     assert epoch["optimizer_params"] == epoch["trainable"] and not epoch["has_momentum"]

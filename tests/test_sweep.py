@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from test_train import CONF, run_train
+from support import CONF, compose_config, run_train
 
 from booksegm.sweep_report import main as sweep_report
 from booksegm.sweep_report import read_sweep
@@ -91,8 +90,7 @@ def _has_optuna_sweeper() -> bool:
 
 @pytest.mark.skipif(not _has_optuna_sweeper(), reason="needs pip install -e '.[sweep]'")
 def test_optuna_search_config_maximises_mask_ap_over_real_config_keys():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+hparams_search=optuna"], return_hydra_config=True)
+    cfg = compose_config("+hparams_search=optuna", return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert cfg.optimized_metric == "val/mask_AP"

@@ -6,53 +6,23 @@ import os
 import re
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from support import EXPERIMENTS, compose_config, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
 
-CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
-# Small enough for a few CPU seconds a step: 128x96 images (rendered at that size, as the default
-# renders at its training size), resnet18, few proposals.
-TINY = [
-    "data.synthetic.num_images=10", "data.synthetic.width=128", "data.synthetic.height=96",
-    "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "data.val_fraction=0.2",
-    "model.backbone=resnet18", "model.rpn_pre_nms_top_n_train=100", "model.rpn_post_nms_top_n_train=50",
-    "model.rpn_pre_nms_top_n_test=50", "model.rpn_post_nms_top_n_test=20", "model.box_batch_size_per_image=16",
-    "model.box_detections_per_img=10",
-    "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-    "train.warmup_steps=1",
-]
-
-
-def train_env(tmp_path: Path) -> dict:
-    return {**os.environ, "BOOKSEGM_ROOT": str(tmp_path), "BOOKSEGM_CACHE": str(tmp_path / "cache"),
-            "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
-
-
-def run_train(tmp_path: Path, *overrides: str, base: list[str] = TINY) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "booksegm.train", *base, *overrides],
-        cwd=tmp_path, env=train_env(tmp_path), capture_output=True, text=True, timeout=600,
-    )
-
-
-def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tmp_path):
-    result = run_train(tmp_path)
+def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tiny_run):
+    result = tiny_run.result
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val mask AP:" in result.stdout and "tensorboard --logdir" in result.stdout
 
-    run_dir = next((tmp_path / "outputs" / "train" / "runs").iterdir())
+    run_dir = tiny_run.folder
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("epoch000-mask_ap") for name in checkpoints)
@@ -74,7 +44,7 @@ def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tmp_path
     assert ckpt["score_threshold"] is None or 0.0 <= ckpt["score_threshold"] <= 1.0
 
     # the synthetic set was rendered into the cache once and is reused
-    assert (tmp_path / "cache").is_dir()
+    assert (tiny_run.root / "cache").is_dir()
 
 
 def test_a_bad_config_value_fails_in_one_line_before_training(tmp_path):
@@ -116,11 +86,6 @@ def test_an_unknown_config_key_is_named(tmp_path):
     result = run_train(tmp_path, "+model.anchor_sizes=[16]")
     assert result.returncode != 0
     assert "anchor_sizes" in result.stderr and "Traceback" not in result.stderr
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

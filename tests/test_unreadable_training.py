@@ -8,10 +8,8 @@ from dataclasses import asdict
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
+from support import BOOK, NO_AUGMENT, run_train, tiny_config, truncate_jpeg, write_via_set
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_datamodule import BOOK, NO_AUGMENT, truncate_jpeg, write_via_set
-from test_model import tiny_config
-from test_train import run_train
 
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.resize import ResizeConfig

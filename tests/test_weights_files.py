@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_train import TINY  # the tiny synthetic training run's overrides
+from support import TINY, compose_config
 
 from booksegm.evaluate import evaluate
 from booksegm.export import ExportConfig, export
@@ -21,9 +20,6 @@ from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.weights import load_initial_weights
 from booksegm.predict import PredictConfig, predict
 from booksegm.train import train
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 class Custom:
     """A class of this test module: unpickling it would import and run code outside torch."""
@@ -65,9 +61,7 @@ CASES = {
 
 def run_evaluate(ckpt: Path, tmp_path: Path) -> None:
     overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path}", "device=cpu"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=overrides)
-    evaluate(cfg, overrides)
+    evaluate(compose_config(*overrides, config_name="evaluate"), overrides)
 
 
 def run_predict(ckpt: Path, tmp_path: Path) -> None:
@@ -81,9 +75,7 @@ def run_export(ckpt: Path, tmp_path: Path) -> None:
 
 
 def run_train(ckpt: Path, tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, f"ckpt_path={ckpt}"])
-    train(cfg)  # raises CheckpointError before data or model
+    train(compose_config(*TINY, f"ckpt_path={ckpt}"))  # raises CheckpointError before data or model
 
 
 def run_initial_weights(path: Path, tmp_path: Path) -> None:

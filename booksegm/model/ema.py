@@ -29,6 +29,13 @@ class EMAWeights(WeightAveraging):
             return self.decay
         return self.decay * (1.0 - math.exp(-num_averaged / self.ramp_steps))
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning would copy the average into the model here; ModelCheckpoint's save_last then writes
+        # once more at the end of a run that never saved it (one without validation, or step_checkpoint
+        # in a run shorter than its interval), which would store the average as the live weights too and
+        # a resumed run would continue from the average. Every checkpoint's state_dict is the average anyway.
+        pass
+
     @torch.no_grad()
     def average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         # called once per device and dtype group; integer buffers (BatchNorm's counter) are copied

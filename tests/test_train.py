@@ -82,6 +82,16 @@ def test_a_bad_resume_checkpoint_fails_in_one_line_before_anything_is_built(tmp_
     assert not (tmp_path / "cache").exists()  # the synthetic set was not even rendered
 
 
+def test_a_bad_model_weights_file_fails_in_one_line_before_the_data_is_built(tmp_path):
+    weights = tmp_path / "weights.pth"
+    weights.write_text("not a checkpoint")
+    result = run_train(tmp_path, f"model.weights={weights}")
+    assert result.returncode != 0
+    assert f"booksegm: error: model.weights: {weights}: not a readable PyTorch checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # the synthetic set was not even rendered
+
+
 def test_an_unknown_config_key_is_named(tmp_path):
     result = run_train(tmp_path, "+model.anchor_sizes=[16]")
     assert result.returncode != 0

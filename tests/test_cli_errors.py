@@ -86,3 +86,11 @@ def test_every_error_booksegm_defines_is_a_user_error():
             "booksegm.model.interrupt.TrainingInterrupted"} < defined.keys()
     assert INTERNAL < defined.keys()
     assert sorted(name for name, cls in defined.items() if name not in INTERNAL and not issubclass(cls, UserError)) == []
+
+
+def test_a_bad_synthetic_set_request_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        data_main(["synth", str(tmp_path / "set"), "--num-images", "-1"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "booksegm: error: need num_images >= 0 and at least 32x32 pixels, got -1 images of 320x240")

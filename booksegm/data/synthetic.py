@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from booksegm.config import ConfigError
 from booksegm.data.formats.via import write_via
 from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 
@@ -697,10 +698,10 @@ def render_scene(
     if kind is None:
         kind = SCENE_KINDS[rng.choice(len(SCENE_KINDS), p=SCENE_WEIGHTS)]
     if kind not in SCENE_KINDS:
-        raise ValueError(f"scene kind {kind!r} is not one of {SCENE_KINDS}")
+        raise ConfigError(f"scene kind {kind!r} is not one of {SCENE_KINDS}")
     margin = round(0.1 * max(width, height))  # room for the camera tilt
     if style not in STYLES:
-        raise ValueError(f"style {style!r} is not one of {STYLES}")
+        raise ConfigError(f"style {style!r} is not one of {STYLES}")
     scene = new_scene(rng, height + 2 * margin, width + 2 * margin, plain=style == "plain")
     if kind == "shelf" or (kind == "empty" and rng.random() < 0.5):
         build_shelves(rng, scene, with_books=kind != "empty")
@@ -743,7 +744,7 @@ def generate_dataset(
     """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92) and out_dir/via_region_data.json;
     return the JSON path. Deterministic for a seed (same bytes for same args). Shows a tqdm bar when progress."""
     if num_images < 0 or width < 32 or height < 32:
-        raise ValueError(f"need num_images >= 0 and at least 32x32 pixels, got {num_images} images of {width}x{height}")
+        raise ConfigError(f"need num_images >= 0 and at least 32x32 pixels, got {num_images} images of {width}x{height}")
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)

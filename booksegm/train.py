@@ -26,7 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from booksegm.config import as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
-from booksegm.inference import read_torch_file
+from booksegm.model.checkpoint_file import read_torch_file
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining

@@ -82,7 +82,7 @@ def test_every_error_booksegm_defines_is_a_user_error():
     defined = {f"{cls.__module__}.{cls.__qualname__}": cls for name in list(sys.modules) if name.startswith("booksegm.")
                for _, cls in inspect.getmembers(sys.modules[name], inspect.isclass)
                if issubclass(cls, BaseException) and cls.__module__ == name}
-    assert {"booksegm.config.ConfigError", "booksegm.inference.CheckpointError",
+    assert {"booksegm.config.ConfigError", "booksegm.model.checkpoint_file.CheckpointError",
             "booksegm.model.interrupt.TrainingInterrupted"} < defined.keys()
     assert INTERNAL < defined.keys()
     assert sorted(name for name, cls in defined.items() if name not in INTERNAL and not issubclass(cls, UserError)) == []

@@ -13,7 +13,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 
 from booksegm.config import ConfigError
-from booksegm.inference import CheckpointError
+from booksegm.model.checkpoint_file import CheckpointError
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict

@@ -15,7 +15,7 @@ from support import TINY, compose_config
 
 from booksegm.evaluate import evaluate
 from booksegm.export import ExportConfig, export
-from booksegm.inference import CheckpointError
+from booksegm.model.checkpoint_file import CheckpointError
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.weights import load_initial_weights
 from booksegm.predict import PredictConfig, predict

@@ -17,8 +17,8 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskR
 
 from booksegm.config import ConfigError
 from booksegm.errors import UserError
-from booksegm.inference import CheckpointError, read_torch_file
 from booksegm.model.build import BACKBONES, is_mobilenet
+from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ class BookSegmModule(pl.LightningModule):
         self.run_config: dict | None = None  # the run's resolved config, written into every checkpoint by train
         self.nonfinite_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self._nonfinite_in_a_row = 0
-        self._last_finite_losses: dict[str, float] = {}
+        self._last_finite_losses: dict[str, torch.Tensor] = {}
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(list(images))
@@ -100,7 +100,8 @@ class BookSegmModule(pl.LightningModule):
         if not torch.isfinite(loss):
             self.skip_nonfinite_step("loss", named)
             return None  # Lightning skips backward and the optimizer step
-        self._last_finite_losses = {name: float(value.detach()) for name, value in {"loss": loss, **named}.items()}
+        # detached tensors, read only when a run diverges: a float() per loss each step would sync a GPU six times
+        self._last_finite_losses = {name: value.detach() for name, value in {"loss": loss, **named}.items()}
         # tags: train/<name> every step and train_epoch/<name> per epoch (Lightning would
         # otherwise suffix one tag with _step/_epoch)
         for name, value in {"loss": loss, **named}.items():
@@ -133,7 +134,7 @@ class BookSegmModule(pl.LightningModule):
         log.warning("step %d: non-finite %s%s: step skipped (%d in a row)", self.global_step, what,
                     f" ({bad})" if bad else "", self._nonfinite_in_a_row)
         if self._nonfinite_in_a_row >= self.optim_cfg.max_nonfinite_steps:
-            last = ", ".join(f"{k} {v:.4g}" for k, v in self._last_finite_losses.items()) or "none (the first step)"
+            last = ", ".join(f"{k} {float(v):.4g}" for k, v in self._last_finite_losses.items()) or "none (the first step)"
             raise NonFiniteTrainingError(
                 f"training diverged: {self._nonfinite_in_a_row} steps in a row with a non-finite {what} "
                 f"(the last at step {self.global_step}); last finite losses: {last}. Lower train.lr "

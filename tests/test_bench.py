@@ -6,7 +6,8 @@ import argparse
 import re
 
 import torch
-from support import TINY
+from omegaconf import OmegaConf
+from support import TINY, compose_config
 
 from booksegm.bench.__main__ import main, model_settings
 from booksegm.model.module import build_optimizer
@@ -44,3 +45,22 @@ def test_accuracy_bench_trains_each_recipe_and_prints_them_side_by_side(tmp_path
     assert main(["curves", f"tiny={out / 'tiny'}", "--out", str(tmp_path / "curve.png")]) == 0
     assert re.search(r"^tiny: [\d.]+ min 0\.\d{4}$", capsys.readouterr().out, re.M)
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+# booksegm's CPU default until 0.1 (commit 90882fe), the baseline `bench accuracy` measures against
+PREVIOUS_DEFAULT = {
+    "model.backbone": "resnet50", "model.norm": "batch", "model.fpn_channels": 256, "model.box_head_dim": 1024,
+    "model.mask_head_convs": 4, "model.mask_head_channels": 256, "model.box_batch_size_per_image": 32,
+    "model.box_positive_fraction": 0.25, "model.anchors.sizes": [12, 24, 48, 96, 192],
+    "model.anchors.ratios": [0.18, 0.38, 1.8], "data.batch_size": 2, "data.augment.scale_p": 0.0,
+    "data.synthetic.num_images": 240, "train.optimizer": "adamw", "train.lr": 0.0004, "train.warmup_steps": 20,
+    "trainer.max_epochs": 2, "trainer.check_val_every_n_epoch": 1, "callbacks.ema": None,
+}
+
+
+def test_cpu_default_v1_still_composes_the_previous_default():
+    # a change to today's default must not leak into the baseline it is measured against
+    cfg = compose_config("+experiment=cpu_default_v1")
+    composed = {key: OmegaConf.to_object(value) if OmegaConf.is_config(value := OmegaConf.select(cfg, key)) else value
+                for key in PREVIOUS_DEFAULT}
+    assert composed == PREVIOUS_DEFAULT

@@ -36,7 +36,7 @@ class NonFiniteTrainingError(UserError, RuntimeError):
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd (matterport's, with momentum)
-    lr: float = 1e-3  # LEARNING_RATE
+    lr: float = 2e-3  # LEARNING_RATE
     momentum: float = 0.9  # LEARNING_MOMENTUM (sgd)
     weight_decay: float = 0.05  # WEIGHT_DECAY
     decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too

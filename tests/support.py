@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from booksegm.data.transforms import AugmentConfig
@@ -58,6 +58,12 @@ def compose_config(*overrides: str, config_name: str = "config", return_hydra_co
     """The config an entry point composes (``config`` is train's; evaluate, predict, export)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def select_values(cfg: DictConfig, keys) -> dict:
+    """{dotted key: plain value} of ``cfg`` (lists as lists), to compare a composed config with a table."""
+    plain = (OmegaConf.select(cfg, key) for key in keys)
+    return {key: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v for key, v in zip(keys, plain)}
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -6,8 +6,7 @@ import argparse
 import re
 
 import torch
-from omegaconf import OmegaConf
-from support import TINY, compose_config
+from support import TINY, compose_config, select_values
 
 from booksegm.bench.__main__ import main, model_settings
 from booksegm.model.module import build_optimizer
@@ -60,7 +59,4 @@ PREVIOUS_DEFAULT = {
 
 def test_cpu_default_v1_still_composes_the_previous_default():
     # a change to today's default must not leak into the baseline it is measured against
-    cfg = compose_config("+experiment=cpu_default_v1")
-    composed = {key: OmegaConf.to_object(value) if OmegaConf.is_config(value := OmegaConf.select(cfg, key)) else value
-                for key in PREVIOUS_DEFAULT}
-    assert composed == PREVIOUS_DEFAULT
+    assert select_values(compose_config("+experiment=cpu_default_v1"), PREVIOUS_DEFAULT) == PREVIOUS_DEFAULT

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from support import EXPERIMENTS, compose_config
+from support import EXPERIMENTS, compose_config, select_values
 
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig, SyntheticConfig
@@ -41,8 +40,7 @@ def chosen_config(monkeypatch, cuda: bool, *overrides: str):
 
 def test_without_cuda_a_bare_train_composes_the_cpu_default_as_before(monkeypatch):
     cfg = chosen_config(monkeypatch, cuda=False)
-    assert {key: OmegaConf.to_object(OmegaConf.select(cfg, key)) if key.endswith(("sizes", "ratios"))
-            else OmegaConf.select(cfg, key) for key in CPU_DEFAULT} == CPU_DEFAULT
+    assert select_values(cfg, CPU_DEFAULT) == CPU_DEFAULT
     assert cfg == compose_config()  # and the same as the config with no profile named
 
 

@@ -162,9 +162,11 @@ def validation_resize(run_config: DictConfig) -> ResizeConfig:
 
 
 def set_detection_limits(model: MaskRCNN, score_threshold: float | None, max_detections: int | None) -> None:
-    """DETECTION_MIN_CONFIDENCE and DETECTION_MAX_INSTANCES; applied before NMS, as in matterport."""
+    """DETECTION_MIN_CONFIDENCE and DETECTION_MAX_INSTANCES; applied before NMS, as in matterport
+    (and to the final score too, when maskness rescores it: ``PreResizedTransform``)."""
     if score_threshold is not None:
         model.roi_heads.score_thresh = float(score_threshold)
+        model.transform.score_thresh = float(score_threshold)
     if max_detections is not None:
         model.roi_heads.detections_per_img = int(max_detections)
 

@@ -35,20 +35,23 @@ TINY_MODEL = {"backbone": "resnet18", "rpn_pre_nms_top_n_test": 50, "rpn_post_nm
 SIZE = 96  # the run validated on 96 px squares
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A Lightning checkpoint of an untrained tiny model, in a run folder whose config resized to 96 px."""
-    run = tmp_path_factory.mktemp("run")
-    (run / ".hydra").mkdir()
+def write_checkpoint(run: Path, model: dict) -> Path:
+    """A Lightning checkpoint of an untrained model, in a run folder whose config resized to 96 px."""
+    (run / ".hydra").mkdir(parents=True)
     resize = f"{{mode: square, min_dim: {SIZE}, max_dim: {SIZE}}}"
     (run / ".hydra" / "config.yaml").write_text(f"data:\n  resize: {resize}\n")
     torch.manual_seed(0)
-    module = BookSegmModule(model=TINY_MODEL, optim={}, class_names=["book"])
+    module = BookSegmModule(model=model, optim={}, class_names=["book"])
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(run / "checkpoints" / "tiny.ckpt")
     return run / "checkpoints" / "tiny.ckpt"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("run"), TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,22 @@ def test_export_matches_the_eager_model_with_and_without_detections(format, expo
             assert parity.ok, f"{format}: {parity}"
             counts.append(parity.detections)
     assert min(counts) == 0 and max(counts) > 0  # one picture with detections, one without
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_maskness_scoring_travels_with_the_exported_model(format, images, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "run", {**TINY_MODEL, "maskness_scoring": True})
+    output = tmp_path / f"books.{format}"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert export(ExportConfig(ckpt_path=str(checkpoint), format=format, output=str(output),
+                                   score_threshold=0.0, timing_runs=1)).ok
+    loaded = load_model(checkpoint)
+    set_detection_limits(loaded.model, 0.0, None)
+    with torch.no_grad():
+        reference = eager_detector(loaded)(images["scene"])
+        parity = compare(reference, load_exported(format, output)(images["scene"]))
+    assert parity.ok and parity.detections > 0, parity
+    assert reference["scores"].max() < 0.4  # class score ~0.5 x maskness ~0.5: the rescoring ran
 
 
 def test_onnx_is_opset_17_and_takes_any_image_size(exported, images, reference):

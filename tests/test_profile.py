@@ -23,7 +23,7 @@ CPU_DEFAULT = {
     "model.box_head_dim": 256, "model.mask_head_convs": 2, "model.mask_head_channels": 32,
     "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8],
     "model.rpn_pre_nms_top_n_train": 600, "model.box_batch_size_per_image": 32, "model.box_positive_fraction": 0.5,
-    "model.weights": "none", "train.lr": 0.002,
+    "model.maskness_scoring": True, "model.weights": "none", "train.lr": 0.002,
     "data.format": "synthetic", "data.synthetic.num_images": 240, "data.synthetic.width": 256,
     "data.synthetic.height": 192, "data.resize.mode": "none", "data.batch_size": 4, "data.val_batch_size": 4,
     "data.num_workers": 0, "data.pin_memory": False,
@@ -54,6 +54,7 @@ def test_with_cuda_a_bare_train_composes_the_gpu_recipe(monkeypatch):
     assert cfg.trainer.precision == "bf16-mixed"
     # torchvision's RoI sampling and the LR the GPU recipe was set up with, not the CPU model's
     assert cfg.model.box_positive_fraction == 0.25 and cfg.train.lr == 0.001
+    assert cfg.model.maskness_scoring is False  # torchvision's scores: measured on the CPU model only
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "bf16-mixed"), (False, "16-mixed")])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import mobilenetv3, resnet
 from torchvision.models.detection import MaskRCNN
@@ -18,6 +19,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
@@ -85,6 +87,7 @@ class ModelConfig:
     box_detections_per_img: int = 100  # DETECTION_MAX_INSTANCES
     box_score_thresh: float = 0.05  # DETECTION_MIN_CONFIDENCE for the model; mAP evaluation keeps this low
     box_nms_thresh: float = 0.5  # DETECTION_NMS_THRESHOLD
+    maskness_scoring: bool = False  # score = class score x maskness (SOLOv2): well-segmented books rank first
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
 
@@ -113,10 +116,51 @@ class ModelConfig:
 
 class PreResizedTransform(GeneralizedRCNNTransform):
     """Normalises and batches, but never resizes: booksegm's data pipeline has already sized
-    every image (matterport's IMAGE_RESIZE_MODE), and a second resize would change it."""
+    every image (matterport's IMAGE_RESIZE_MODE), and a second resize would change it.
+
+    With ``maskness_scoring``, each detection's score becomes its class score times its maskness,
+    the mean mask probability over the pixels the mask keeps (SOLOv2's "maskness"): a box across
+    two spines scores high as a book but gets a doubtful mask. ``score_thresh`` then applies to
+    that final score (``set_detection_limits`` keeps it equal to the RoI heads' class-score floor,
+    which it can only tighten: maskness is at most 1).
+    """
+
+    def __init__(self, image_mean: list[float], image_std: list[float], maskness_scoring: bool, score_thresh: float):
+        super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std)
+        self.maskness_scoring = maskness_scoring
+        self.score_thresh = score_thresh
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
         return image, target
+
+    def postprocess(
+        self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        if self.training:
+            return result
+        for i, image_size in enumerate(original_image_sizes):  # never resized: boxes are in image pixels already
+            detections = result[i]
+            if "masks" in detections:
+                if self.maskness_scoring:
+                    detections = rescore_by_maskness(detections, self.score_thresh)
+                detections["masks"] = paste_masks_in_image(detections["masks"], detections["boxes"], image_size)
+            result[i] = detections
+        return result
+
+
+def rescore_by_maskness(detections: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor]:
+    """Scores times maskness (on the RoI-sized mask probabilities), those under ``score_thresh``
+    dropped, best first."""
+    probabilities = detections["masks"].flatten(1)
+    kept = (probabilities > 0.5).to(probabilities.dtype)
+    maskness = (probabilities * kept).sum(1) / kept.sum(1).clamp(min=1.0)
+    scores = detections["scores"] * maskness
+    order = torch.argsort(scores, descending=True)
+    order = order[scores[order] >= score_thresh]
+    rescored = {k: v[order] for k, v in detections.items()}
+    rescored["scores"] = scores[order]
+    return rescored
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -199,7 +243,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
     model.transform = PreResizedTransform(
-        min_size=1, max_size=1, image_mean=list(cfg.image_mean), image_std=list(cfg.image_std)
+        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.box_score_thresh
     )
     init_predictors(model)
     return model
@@ -218,6 +262,7 @@ def init_predictors(model: MaskRCNN) -> None:
 def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
+            and not cfg.maskness_scoring
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 

@@ -26,6 +26,7 @@ CPU_DEFAULT = {
     "model.maskness_scoring": True, "model.weights": "none", "train.lr": 0.002,
     "data.format": "synthetic", "data.synthetic.num_images": 240, "data.synthetic.width": 256,
     "data.synthetic.height": 192, "data.resize.mode": "none", "data.batch_size": 4, "data.val_batch_size": 4,
+    "data.augment.hflip": 0.5, "data.augment.vflip": 0.0, "data.augment.rotate_p": 0.0, "data.augment.scale_p": 0.5,
     "data.num_workers": 0, "data.pin_memory": False,
     "trainer.max_epochs": 20, "trainer.check_val_every_n_epoch": 5, "trainer.precision": "32-true",
 }

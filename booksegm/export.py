@@ -149,7 +149,7 @@ def torchvision_spec(loaded: LoadedModel) -> dict:
 def write_state_dict(loaded: LoadedModel, path: Path) -> None:
     if not is_torchvision_v1_layout(loaded.model_cfg):
         log.warning("%s: the torchvision-only recipe covers the v1 layout (BatchNorm, FPN 256, pool sizes 7/14, "
-                    "standard heads); load this model with booksegm.inference.load_model", path)
+                    "standard heads, class scores); load this model with booksegm.inference.load_model", path)
     torch.save(loaded.model.state_dict(), path)
     spec_path(path).write_text(json.dumps(torchvision_spec(loaded), indent=2))
 

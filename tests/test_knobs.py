@@ -36,7 +36,7 @@ def test_composed_model_overrides_reach_the_built_model():
     cfg = compose_config(
         "model.backbone=resnet18", "model.anchors.sizes=[8,16,32,64,128]", "model.anchors.ratios=[0.25,1]",
         "model.rpn_nms_thresh=0.65", "model.box_batch_size_per_image=48", "model.box_detections_per_img=33",
-        "model.image_mean=[0.5,0.5,0.5]", "model.mask_pool_size=7",
+        "model.image_mean=[0.5,0.5,0.5]", "model.mask_pool_size=7", "model.roi_sampling_ratio=0",
     )
     model = build_maskrcnn(to_dataclass(ModelConfig, cfg.model, "model"), num_classes=2)
     assert model.rpn.anchor_generator.sizes[0] == (8,)
@@ -46,6 +46,7 @@ def test_composed_model_overrides_reach_the_built_model():
     assert model.roi_heads.detections_per_img == 33
     assert model.transform.image_mean == [0.5, 0.5, 0.5]
     assert model.roi_heads.mask_roi_pool.output_size == (7, 7)
+    assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 0
 
 
 def test_image_mean_and_std_normalise_the_input():

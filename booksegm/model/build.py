@@ -90,6 +90,7 @@ class ModelConfig:
     maskness_scoring: bool = False  # score = class score x maskness (SOLOv2): well-segmented books rank first
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
+    roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision 2; 0 = adaptive, as detectron2)
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -112,6 +113,8 @@ class ModelConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.roi_sampling_ratio) < 0:
+            raise ConfigError(f"model.roi_sampling_ratio must be >= 0 (0 = adaptive), got {self.roi_sampling_ratio}")
 
 
 class PreResizedTransform(GeneralizedRCNNTransform):
@@ -230,7 +233,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.pool_size, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.pool_size, sampling_ratio=cfg.roi_sampling_ratio),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes),
         box_batch_size_per_image=cfg.box_batch_size_per_image,
@@ -238,7 +241,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
-        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_pool_size, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_pool_size, sampling_ratio=cfg.roi_sampling_ratio),
         mask_head=MaskRCNNHeads(channels, mask_layers, 1, norm_layer=norm_layer),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
@@ -262,7 +265,7 @@ def init_predictors(model: MaskRCNN) -> None:
 def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
-            and not cfg.maskness_scoring
+            and cfg.roi_sampling_ratio == 2 and not cfg.maskness_scoring
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 

@@ -15,7 +15,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.model import weights
-from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn
+from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, is_torchvision_v1_layout
 from booksegm.model.module import OptimConfig, build_optimizer, lr_factor
 
 @pytest.mark.parametrize("path", ["model/maskrcnn.yaml", "train/default.yaml"])
@@ -47,6 +47,12 @@ def test_composed_model_overrides_reach_the_built_model():
     assert model.transform.image_mean == [0.5, 0.5, 0.5]
     assert model.roi_heads.mask_roi_pool.output_size == (7, 7)
     assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 0
+
+
+@pytest.mark.parametrize("change", [{}, {"maskness_scoring": True}, {"roi_sampling_ratio": 1}, {"fpn_channels": 128}])
+def test_only_torchvisions_own_recipe_counts_as_its_v1_layout(change):
+    """export's torchvision-only recipe rebuilds the model with maskrcnn_resnet50_fpn: any other knob value breaks it."""
+    assert is_torchvision_v1_layout(ModelConfig(**change)) is (not change)
 
 
 def test_image_mean_and_std_normalise_the_input():

@@ -233,7 +233,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.pool_size, sampling_ratio=cfg.roi_sampling_ratio),
+        box_roi_pool=roi_align(cfg, cfg.pool_size),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes),
         box_batch_size_per_image=cfg.box_batch_size_per_image,
@@ -241,7 +241,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
-        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_pool_size, sampling_ratio=cfg.roi_sampling_ratio),
+        mask_roi_pool=roi_align(cfg, cfg.mask_pool_size),
         mask_head=MaskRCNNHeads(channels, mask_layers, 1, norm_layer=norm_layer),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
@@ -250,6 +250,11 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
     )
     init_predictors(model)
     return model
+
+
+def roi_align(cfg: ModelConfig, output_size: int) -> MultiScaleRoIAlign:
+    """RoIAlign over the FPN levels P2..P5, as torchvision's Mask R-CNN pools for its box and mask heads."""
+    return MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=output_size, sampling_ratio=cfg.roi_sampling_ratio)
 
 
 def init_predictors(model: MaskRCNN) -> None:

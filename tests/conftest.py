@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import run_train
+import torch
+from support import TORCH_THREADS, run_train
 
 from booksegm.data.synthetic import generate_dataset
+
+torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")

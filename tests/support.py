@@ -37,10 +37,15 @@ TINY = [
 ]
 
 
+# torch threads of a test process and the commands it starts: one each beside a second pytest worker
+# (pytest-xdist, pyproject's addopts), both cores for a single process
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 def train_env(root: Path) -> dict:
     """A command's environment with its outputs and synthetic-set cache under ``root``."""
     return {**os.environ, "BOOKSEGM_ROOT": str(root), "BOOKSEGM_CACHE": str(root / "cache"),
-            "OMP_NUM_THREADS": "2", "HYDRA_FULL_ERROR": "0"}
+            "OMP_NUM_THREADS": str(TORCH_THREADS), "HYDRA_FULL_ERROR": "0"}
 
 
 def run_command(command: str, root: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -8,13 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import TORCH_THREADS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 
 
 @pytest.mark.slow  # six Python processes (train, evaluate, predict, export, bench): minutes on 2 busy cores
 def test_gpu_check_runs_every_step_on_cpu_and_prints_its_figures(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": str(TORCH_THREADS)}
     result = subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--no-install", "--tiny", "--steps", "2"],
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

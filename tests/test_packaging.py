@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import TORCH_THREADS
 
 from booksegm.__main__ import COMMANDS
 
@@ -25,7 +26,7 @@ TINY_RUN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.synth
 def run(args, cwd: Path) -> subprocess.CompletedProcess:
     # no PYTHONPATH and no user site: the venv's own site-packages, and the dependencies, are all it sees
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BOOKSEGM_ROOT", "BOOKSEGM_CACHE")}
-    env.update(PYTHONNOUSERSITE="1", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="2")
+    env.update(PYTHONNOUSERSITE="1", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS=str(TORCH_THREADS))
     return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 

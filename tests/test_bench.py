@@ -52,8 +52,7 @@ PREVIOUS_DEFAULT = {
     "model.mask_head_convs": 4, "model.mask_head_channels": 256, "model.box_batch_size_per_image": 32,
     "model.box_positive_fraction": 0.25, "model.maskness_scoring": False, "model.box_nms_thresh": 0.5,
     "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8], "data.batch_size": 2,
-    "data.augment.vflip": 0.5,
-    "data.augment.rotate_p": 0.5, "data.augment.scale_p": 0.0,
+    "data.augment.vflip": 0.5, "data.augment.rotate_p": 0.5, "data.augment.scale_p": 0.0,
     "data.synthetic.num_images": 240, "train.optimizer": "adamw", "train.lr": 0.0004, "train.warmup_steps": 20,
     "trainer.max_epochs": 2, "trainer.check_val_every_n_epoch": 1, "callbacks.ema": None,
 }

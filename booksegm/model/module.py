@@ -16,6 +16,7 @@ from booksegm.config import ConfigError, to_dataclass
 from booksegm.errors import UserError
 from booksegm.evaluation.coco_eval import CocoEvaluator
 from booksegm.evaluation.visualize import draw_instances, make_grid
+from booksegm.model.batch_threads import BatchThreads, trains_batchnorm
 from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.stages import StageConfig, validate_stages
@@ -48,6 +49,7 @@ class OptimConfig:
     # LOSS_WEIGHTS by matterport name; a name left out of an override weighs 1.0
     loss_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_NAMES.values(), 1.0))
     max_nonfinite_steps: int = 5  # consecutive steps with a NaN/inf loss or gradient (each skipped) before the run stops
+    batch_threads: int = 1  # CPU: each step's batch in this many shares, forward and backward in parallel threads
     # matterport's staged train(layers=...) calls, run back to back; null or [] = one stage, all layers
     stages: list[StageConfig] | None = field(default_factory=list)
 
@@ -58,6 +60,8 @@ class OptimConfig:
             raise ConfigError(f"train.schedule={self.schedule!r} is unknown; choose one of {list(SCHEDULES)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ConfigError("train.lr must be > 0, train.weight_decay and train.warmup_steps >= 0")
+        if self.batch_threads < 1:
+            raise ConfigError(f"train.batch_threads must be >= 1 (1 = one pass), got {self.batch_threads}")
         if self.max_nonfinite_steps < 1:
             raise ConfigError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         self.loss_weights = validate_loss_weights(self.loss_weights)
@@ -90,14 +94,43 @@ class BookSegmModule(pl.LightningModule):
         self.nonfinite_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self._nonfinite_in_a_row = 0
         self._last_finite_losses: dict[str, torch.Tensor] = {}
+        self._batch_threads: BatchThreads | None = None  # set for a CPU fit with train.batch_threads > 1
+        self._share_losses: list[torch.Tensor] = []  # this step's per-share losses, for backward
+
+    def on_train_start(self) -> None:
+        threads = self.optim_cfg.batch_threads
+        if threads == 1:
+            return
+        if self.device.type != "cpu":
+            log.info("train.batch_threads=%d applies on the CPU only; on %s each batch is one pass", threads, self.device)
+        elif torch.are_deterministic_algorithms_enabled():
+            log.info("train.batch_threads=%d ignored under trainer.deterministic: the shares' RoI samplers would draw "
+                     "from the one random generator in the order the threads reach it; each batch is one pass", threads)
+        elif trains_batchnorm(self.model):
+            log.warning("train.batch_threads=%d ignored: this model trains BatchNorm, whose statistics would come "
+                        "from each thread's share of the batch; each batch is one pass", threads)
+        else:
+            self._batch_threads = BatchThreads(threads)
+
+    def on_train_end(self) -> None:
+        if self._batch_threads is not None:
+            self._batch_threads.close()
+            self._batch_threads = None
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(list(images))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        loss, named = weighted_loss(self.model(list(images), list(targets)), self.optim_cfg.loss_weights)
+        if self._batch_threads is None:
+            loss, named = self.weighted_losses(images, targets)
+        else:
+            shares = self._batch_threads.map(self.weighted_losses, list(images), list(targets))
+            self._share_losses = [weight * share_loss for weight, (share_loss, _) in shares]
+            loss = sum(self._share_losses)
+            named = {name: sum(weight * share[name] for weight, (_, share) in shares) for name in shares[0][1][1]}
         if not torch.isfinite(loss):
+            self._share_losses = []
             self.skip_nonfinite_step("loss", named)
             return None  # Lightning skips backward and the optimizer step
         # detached tensors, read only when a run diverges: a float() per loss each step would sync a GPU six times
@@ -109,6 +142,16 @@ class BookSegmModule(pl.LightningModule):
             self.log(f"train_epoch/{name}", value, on_step=False, on_epoch=True, batch_size=len(images))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=len(images))
         return loss
+
+    def weighted_losses(self, images, targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return weighted_loss(self.model(list(images), list(targets)), self.optim_cfg.loss_weights)
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self._share_losses:  # each share's graph in its own thread (fp32 on the CPU: nothing to scale)
+            shares, self._share_losses = self._share_losses, []
+            self._batch_threads.backward(shares)
+        else:
+            super().backward(loss, *args, **kwargs)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # under AMP the grad scaler already skips steps with inf/NaN gradients (they are how it finds its scale)

@@ -28,7 +28,7 @@ CPU_DEFAULT = {
     "data.synthetic.height": 192, "data.resize.mode": "none", "data.batch_size": 4, "data.val_batch_size": 4,
     "data.augment.hflip": 0.5, "data.augment.vflip": 0.0, "data.augment.rotate_p": 0.0, "data.augment.scale_p": 0.5,
     "data.num_workers": 0, "data.pin_memory": False,
-    "trainer.max_epochs": 20, "trainer.check_val_every_n_epoch": 5, "trainer.precision": "32-true",
+    "train.batch_threads": 2, "trainer.max_epochs": 25, "trainer.check_val_every_n_epoch": 5, "trainer.precision": "32-true",
 }
 
 
@@ -57,6 +57,7 @@ def test_with_cuda_a_bare_train_composes_the_gpu_recipe(monkeypatch):
     assert cfg.model.box_positive_fraction == 0.25 and cfg.train.lr == 0.001
     assert cfg.model.maskness_scoring is False  # torchvision's scores: measured on the CPU model only
     assert cfg.model.box_nms_thresh == 0.5  # torchvision's NMS: the CPU model's 0.4 was measured on it alone
+    assert cfg.train.batch_threads == 1  # the CPU's threaded shares do not apply to a GPU
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "bf16-mixed"), (False, "16-mixed")])

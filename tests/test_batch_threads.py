@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import asdict
 
 import pytest
@@ -66,7 +67,7 @@ def datamodule(synthetic_set) -> BookDataModule:
     return data
 
 
-def fit_recording_threads(datamodule, norm: str, deterministic: bool = False) -> tuple[BookSegmModule, set[str], list]:
+def fit_recording_threads(datamodule, norm: str) -> tuple[BookSegmModule, set[str], list]:
     """Three steps with train.batch_threads=2: the module, the threads its backbone's forward and
     backward ran in (tagged), its weights before."""
     pl.seed_everything(0)
@@ -78,8 +79,7 @@ def fit_recording_threads(datamodule, norm: str, deterministic: bool = False) ->
     first_weight = next(module.model.backbone.parameters())
     first_weight.register_hook(lambda grad: names.add("backward in " + threading.current_thread().name))
     trainer = pl.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         deterministic=deterministic)
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, datamodule=datamodule)
     return module, names, before
 
@@ -93,13 +93,65 @@ def test_a_cpu_fit_runs_each_share_of_the_batch_in_its_own_thread(datamodule):
     assert module._batch_threads is None  # the threads are gone with the fit
 
 
-@pytest.mark.parametrize("norm, deterministic, message", [
-    ("batch", False, "train.batch_threads=2 ignored: this model trains BatchNorm"),
-    ("group", True, "train.batch_threads=2 ignored under trainer.deterministic"),
-])
-def test_batchnorm_or_deterministic_training_keeps_one_pass(datamodule, caplog, norm, deterministic, message):
+def test_a_threaded_fit_repeats_exactly_with_its_seed(datamodule):
+    """The shares' samplers draw from torch's one generator in turn, in share order, whatever the threads' timing."""
+    first, _, _ = fit_recording_threads(datamodule, norm="group")
+    second, _, _ = fit_recording_threads(datamodule, norm="group")
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_random_draws_take_turns_in_share_order_and_are_restored_after():
+    class Sampler:
+        def draw(self):
+            return threading.current_thread().name
+
+    sampler, order = Sampler(), []
+    original = sampler.draw
+    threads = BatchThreads(2, random_draws=((sampler, "draw"),))
+
+    def share(images, targets):
+        if images == [1]:
+            time.sleep(0.2)  # share 0 comes late: share 1 must wait for it at each draw
+        for _ in range(3):
+            order.append(images[0])
+            sampler.draw()
+            order.append(-images[0])
+        return images
+
+    try:
+        threads.map(share, [1, 2], ["a", "b"])
+    finally:
+        threads.close()
+    draws = [x for i, x in enumerate(order) if x < 0]
+    assert draws == [-1, -2, -1, -2, -1, -2]
+    assert sampler.draw == original
+
+
+def test_a_failing_share_leaves_its_turns_to_the_others():
+    class Sampler:
+        def draw(self):
+            return 1
+
+    sampler = Sampler()
+    threads = BatchThreads(2, random_draws=((sampler, "draw"),))
+
+    def share(images, targets):
+        if images == [1]:
+            raise ValueError("share 0 fails before its draw")
+        return sampler.draw()
+
+    try:
+        with pytest.raises(ValueError, match="share 0 fails"):
+            threads.map(share, [1, 2], ["a", "b"])
+        assert threads.map(lambda images, targets: sampler.draw(), [1, 2], ["a", "b"]) == [(0.5, 1), (0.5, 1)]
+    finally:
+        threads.close()
+
+
+def test_a_batchnorm_model_trains_in_one_pass(datamodule, caplog):
     with caplog.at_level(logging.INFO, logger="booksegm.model.module"):
-        module, names, before = fit_recording_threads(datamodule, norm=norm, deterministic=deterministic)
+        module, names, before = fit_recording_threads(datamodule, norm="batch")
     assert names == {threading.main_thread().name, "backward in " + threading.main_thread().name}
-    assert message in caplog.text
+    assert "train.batch_threads=2 ignored: this model trains BatchNorm" in caplog.text
     assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))

@@ -103,14 +103,12 @@ class BookSegmModule(pl.LightningModule):
             return
         if self.device.type != "cpu":
             log.info("train.batch_threads=%d applies on the CPU only; on %s each batch is one pass", threads, self.device)
-        elif torch.are_deterministic_algorithms_enabled():
-            log.info("train.batch_threads=%d ignored under trainer.deterministic: the shares' RoI samplers would draw "
-                     "from the one random generator in the order the threads reach it; each batch is one pass", threads)
         elif trains_batchnorm(self.model):
-            log.warning("train.batch_threads=%d ignored: this model trains BatchNorm, whose statistics would come "
-                        "from each thread's share of the batch; each batch is one pass", threads)
+            log.info("train.batch_threads=%d ignored: this model trains BatchNorm, whose statistics would come "
+                     "from each thread's share of the batch; each batch is one pass", threads)
         else:
-            self._batch_threads = BatchThreads(threads)
+            samplers = ((self.model.rpn, "fg_bg_sampler"), (self.model.roi_heads, "fg_bg_sampler"))
+            self._batch_threads = BatchThreads(threads, random_draws=samplers)
 
     def on_train_end(self) -> None:
         if self._batch_threads is not None:

@@ -49,7 +49,7 @@ class OptimConfig:
     # LOSS_WEIGHTS by matterport name; a name left out of an override weighs 1.0
     loss_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_NAMES.values(), 1.0))
     max_nonfinite_steps: int = 5  # consecutive steps with a NaN/inf loss or gradient (each skipped) before the run stops
-    batch_threads: int = 1  # CPU: each step's batch in this many shares, forward and backward in parallel threads
+    batch_threads: int = 2  # CPU: each step's batch in this many shares, forward and backward in parallel threads
     # matterport's staged train(layers=...) calls, run back to back; null or [] = one stage, all layers
     stages: list[StageConfig] | None = field(default_factory=list)
 

@@ -53,7 +53,8 @@ PREVIOUS_DEFAULT = {
     "model.box_positive_fraction": 0.25, "model.maskness_scoring": False, "model.box_nms_thresh": 0.5,
     "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8], "data.batch_size": 2,
     "data.augment.vflip": 0.5, "data.augment.rotate_p": 0.5, "data.augment.scale_p": 0.0,
-    "data.synthetic.num_images": 240, "train.optimizer": "adamw", "train.lr": 0.0004, "train.warmup_steps": 20, "train.batch_threads": 1,
+    "data.synthetic.num_images": 240, "train.optimizer": "adamw", "train.lr": 0.0004, "train.warmup_steps": 20,
+    "train.batch_threads": 1,
     "trainer.max_epochs": 2, "trainer.check_val_every_n_epoch": 1, "callbacks.ema": None,
 }
 

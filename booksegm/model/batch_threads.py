@@ -3,7 +3,7 @@
 On a few cores one process with all of them leaves cores idle: RoIAlign's backward, NMS, the
 sampling and the Python around them run on one thread (on 2 cores a second intra-op thread makes
 a step only 1.15x faster). Splitting the batch into shares and running each share's forward and
-backward in its own thread keeps every core busy (0.68x the step's time on 2 cores): torch
+backward in its own thread keeps every core busy (about 0.7x the step's time on 2 cores): torch
 releases the GIL inside its kernels, and autograd accumulates the shares' gradients into the
 same parameters safely (each share's backward adds to ``.grad`` once per parameter). The shares'
 random draws (the RPN's and RoI heads' samplers) come from torch's one generator, so they take
@@ -75,12 +75,12 @@ class Turns:
     def __init__(self):
         self.local = threading.local()  # .share: the share the current thread runs, None outside one
         self._changed = threading.Condition()
-        self._waiting: list[int] = []  # shares still running, in order
+        self._running: list[int] = []  # shares not yet ended, in order
         self._turn: int | None = None
 
     def start(self, shares: int) -> None:
         with self._changed:
-            self._waiting, self._turn = list(range(shares)), 0
+            self._running, self._turn = list(range(shares)), 0
 
     def in_turn(self, fn: Callable) -> Callable:
         def call_in_turn(*args, **kwargs):
@@ -99,14 +99,14 @@ class Turns:
 
     def finish(self, share: int) -> None:
         with self._changed:
-            self._waiting.remove(share)
+            self._running.remove(share)
             if self._turn == share:
                 self._turn = self._after(share)
             self._changed.notify_all()
 
     def _after(self, share: int) -> int | None:
-        later = [s for s in self._waiting if s > share]
-        return (later or self._waiting or [None])[0]
+        later = [s for s in self._running if s > share]
+        return (later or self._running or [None])[0]
 
 
 def trains_batchnorm(model: nn.Module) -> bool:

@@ -126,7 +126,8 @@ class BookSegmModule(pl.LightningModule):
             shares = self._batch_threads.map(self.weighted_losses, list(images), list(targets))
             self._share_losses = [weight * share_loss for weight, (share_loss, _) in shares]
             loss = sum(self._share_losses)
-            named = {name: sum(weight * share[name] for weight, (_, share) in shares) for name in shares[0][1][1]}
+            named = {name: sum(weight * share_named[name] for weight, (_, share_named) in shares)
+                     for name in LOSS_NAMES.values()}
         if not torch.isfinite(loss):
             self._share_losses = []
             self.skip_nonfinite_step("loss", named)
@@ -145,6 +146,8 @@ class BookSegmModule(pl.LightningModule):
         return weighted_loss(self.model(list(images), list(targets)), self.optim_cfg.loss_weights)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """With threads, the shares' losses of this step go backward (their sum is ``loss``); a
+        subclass that changes the loss training_step returns must train with train.batch_threads=1."""
         if self._share_losses:  # each share's graph in its own thread (fp32 on the CPU: nothing to scale)
             shares, self._share_losses = self._share_losses, []
             self._batch_threads.backward(shares)

@@ -80,9 +80,8 @@ def train(cfg: DictConfig) -> dict:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **staged)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    except SIGTERMException:  # SIGTERM during validation: Lightning stops there, not at InterruptCheckpoint
-        raise TrainingInterrupted("stopped by SIGTERM during validation; resume from the last checkpoint",
-                                  "SIGTERM") from None
+    except SIGTERMException:  # SIGTERM before InterruptCheckpoint takes the signals: Lightning stops there
+        raise TrainingInterrupted("stopped by SIGTERM before training started; nothing saved", "SIGTERM") from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = summarize(module.val_history, cfg.optimized_metric, time.perf_counter() - started, trainer)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from support import CONF, TINY, compose_config, run_train, train_env
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import RUN_CONFIG_KEY
 from booksegm.resume import resume_config
 
@@ -106,9 +107,10 @@ def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_alone_as_if_never_st
 
 @pytest.mark.parametrize("sent, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_stop_after_the_batch_with_last_ckpt_written(tmp_path, sent, exit_code):
-    # a step checkpoint after every step tells the test that training runs; the signal comes after it
+    # a step checkpoint after every step tells the test that training runs; the signal comes after it,
+    # wherever in the step it lands (one epoch of 12 steps: no validation to land in)
     process = subprocess.Popen(
-        [sys.executable, "-m", "booksegm.train", *TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=4",
+        [sys.executable, "-m", "booksegm.train", *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=12",
          "callbacks.step_checkpoint.every_n_train_steps=1"],
         cwd=tmp_path, env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
@@ -122,6 +124,49 @@ def test_ctrl_c_and_sigterm_stop_after_the_batch_with_last_ckpt_written(tmp_path
     step = load(ckpt)["global_step"]
     assert f"stopped by {sent.name} after step {step}" in stderr and f"resume with ckpt_path={ckpt}" in stderr
     assert 1 <= step < 12 and "Traceback" not in stderr
+
+
+class TrainerAt:
+    """What InterruptCheckpoint reads of a Trainer, at one step."""
+
+    def __init__(self, step: int):
+        self.global_step, self.current_epoch, self.saved = step, 0, []
+
+    def save_checkpoint(self, path):
+        self.saved.append(path)
+
+
+def test_sigterm_between_batches_waits_for_the_next_batch_end_and_stops_validation_at_once(tmp_path):
+    callback, before = InterruptCheckpoint(str(tmp_path)), signal.getsignal(signal.SIGTERM)
+    callback.on_train_start(TrainerAt(0), None)
+    try:
+        assert signal.getsignal(signal.SIGTERM) == callback._on_signal  # Lightning's flag is not raised
+        os.kill(os.getpid(), signal.SIGTERM)  # lands after a batch's hooks: nothing stops here
+        trainer = TrainerAt(7)
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after step 7") as stop:
+            callback.on_train_batch_end(trainer, None)
+        assert trainer.saved == [tmp_path / "last.ckpt"] and stop.value.exit_code == 143
+        with pytest.raises(TrainingInterrupted, match="during validation after step 7: nothing saved") as stop:
+            callback.on_validation_batch_end(TrainerAt(7), None)
+        assert stop.value.exit_code == 143
+    finally:
+        callback.teardown(None, None, "fit")
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_ctrl_c_waits_through_validation_for_the_next_batch_end(tmp_path):
+    callback, before = InterruptCheckpoint(str(tmp_path)), signal.getsignal(signal.SIGINT)
+    callback.on_train_start(TrainerAt(0), None)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        callback.on_validation_batch_end(TrainerAt(4), None)  # goes on
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGINT after step 5"):
+            callback.on_train_batch_end(TrainerAt(5), None)
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        callback.teardown(None, None, "fit")
+    assert signal.getsignal(signal.SIGINT) == before
 
 
 def test_resume_takes_the_run_config_with_the_command_line_on_top_and_warns_of_model_changes(tmp_path, caplog):

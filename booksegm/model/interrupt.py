@@ -1,9 +1,12 @@
 """Ctrl-C and SIGTERM end a run at the next batch boundary with ``last.ckpt`` written.
 
-Lightning turns SIGTERM into a flag it checks between batches, but a Ctrl-C is a
-KeyboardInterrupt wherever it lands and saves nothing. Here the first Ctrl-C raises the same flag
-as SIGTERM (a second one stops at once), and the end of the running batch writes ``last.ckpt`` at
-the point the step checkpoints are written, so the run resumes mid-epoch as if never stopped.
+A Ctrl-C is a KeyboardInterrupt wherever it lands and saves nothing, and Lightning's SIGTERM flag
+stops a run at whichever of its checks comes first: after the batch's checkpoint hooks or at the
+epoch's end, where nothing is saved. From the start of training both signals raise a flag of this
+callback instead (a second Ctrl-C stops at once), and the end of the running batch writes
+``last.ckpt`` at the point the step checkpoints are written, so the run resumes mid-epoch as if
+never stopped. A SIGTERM during validation stops at the next validation batch, as Lightning's does:
+a scheduler's grace period may not last to its end.
 """
 
 from __future__ import annotations
@@ -33,21 +36,21 @@ class InterruptCheckpoint(Checkpoint):  # a Checkpoint, so Lightning runs it aft
     def __init__(self, dirpath: str):
         self.path = Path(dirpath) / "last.ckpt"
         self.signal_name: str | None = None
-        self._previous_handler = None
+        self._previous_handlers: dict[int, object] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            # Lightning's own SIGTERM handler comes back at its teardown
+            self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.signal_name is not None:
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signal_name is not None:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
-        self.signal_name = "SIGINT"
-        log.warning("Ctrl-C: stopping after this batch with last.ckpt written (press again to stop at once)")
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s: stopping after this batch with last.ckpt written%s", self.signal_name,
+                    " (press again to stop at once)" if signum == signal.SIGINT else "")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if trainer.received_sigterm:
-            self.signal_name = "SIGTERM"
         if self.signal_name is None:
             return
         trainer.save_checkpoint(self.path)
@@ -56,11 +59,13 @@ class InterruptCheckpoint(Checkpoint):  # a Checkpoint, so Lightning runs it aft
             f"saved {self.path}: resume with ckpt_path={self.path}", self.signal_name,
         )
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, TrainingInterrupted) and trainer.received_sigterm:
-            log.warning("stopped by SIGTERM during validation: nothing saved after the last checkpoint")
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if self.signal_name == "SIGTERM":  # only fit's own validations: the handler comes after the sanity check
+            raise TrainingInterrupted(
+                f"stopped by SIGTERM during validation after step {trainer.global_step}: nothing saved after "
+                "the last checkpoint; resume from it", "SIGTERM")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}

@@ -32,6 +32,19 @@ def test_shares_cover_the_batch_in_order_weighted_by_their_images():
     assert single == [(1.0, [7])]
 
 
+def test_shares_run_under_the_callers_autocast():
+    threads = BatchThreads(2)
+    try:
+        def autocast_state(images, targets):
+            return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # what trainer.precision=bf16-mixed sets on the CPU
+            assert [state for _, state in threads.map(autocast_state, [1, 2], [1, 2])] == [(True, torch.bfloat16)] * 2
+        assert [enabled for _, (enabled, _) in threads.map(autocast_state, [1, 2], [1, 2])] == [False, False]
+    finally:
+        threads.close()
+
+
 def test_backward_in_threads_gives_the_gradient_of_the_whole_batch():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3))

@@ -44,15 +44,20 @@ class BatchThreads:
         shares = min(self.threads, len(images))
         bounds = [round(i * len(images) / shares) for i in range(shares + 1)]
         self._turns.start(shares)
-        jobs = [(end - start, self._pool.submit(self._run_share, share, fn, images[start:end], targets[start:end]))
+        # autocast is per thread: the shares run under the caller's (trainer.precision=bf16-mixed on the CPU)
+        autocast = torch.autocast("cpu", dtype=torch.get_autocast_dtype("cpu"), enabled=torch.is_autocast_enabled("cpu"))
+        jobs = [(end - start, self._pool.submit(self._run_share, share, fn, images[start:end], targets[start:end],
+                                                autocast))
                 for share, (start, end) in enumerate(zip(bounds, bounds[1:]))]
         wait([job for _, job in jobs])  # all shares end before any error is raised: none runs into the next batch
         return [(count / len(images), job.result()) for count, job in jobs]
 
-    def _run_share(self, share: int, fn: Callable[[list, list], Any], images: list, targets: list) -> Any:
+    def _run_share(self, share: int, fn: Callable[[list, list], Any], images: list, targets: list,
+                   autocast: torch.autocast) -> Any:
         self._turns.local.share = share
         try:
-            return fn(images, targets)
+            with autocast:
+                return fn(images, targets)
         finally:  # a share that ends (or fails) leaves the turns, so no other share waits for it
             self._turns.local.share = None
             self._turns.finish(share)

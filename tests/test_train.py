@@ -6,16 +6,19 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
-from support import EXPERIMENTS, compose_config, run_train
+from support import EXPERIMENTS, compose_config, run_train, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from booksegm.config import to_dataclass
-from booksegm.data.datamodule import DataConfig
+from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.model.module import BookSegmModule
 
 def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tiny_run):
     result = tiny_run.result
@@ -127,3 +130,15 @@ def test_the_same_seed_gives_the_same_first_losses_on_cpu(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
     assert first_losses(runs["a"]) == first_losses(runs["b"])
     assert first_losses(runs["a"]) != first_losses(runs["c"])
+
+
+def test_the_last_epoch_validates_whatever_check_val_every_n_epoch(synthetic_set):
+    data = BookDataModule(to_dataclass(DataConfig, {
+        "format": "via", "root": str(synthetic_set), "annotations": "via_region_data.json", "images": "images",
+        "val_fraction": 0.34, "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "resize": {"mode": "none"}}))
+    module = BookSegmModule(model=asdict(tiny_config()), class_names=["book"], optim={"warmup_steps": 0})
+    trainer = pl.Trainer(max_epochs=5, check_val_every_n_epoch=3, limit_train_batches=1, limit_val_batches=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(module, datamodule=data)
+    assert [v["epoch"] for v in module.val_history] == [2, 4]  # the 3rd epoch's, then the 5th (last) one's

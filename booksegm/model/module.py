@@ -110,6 +110,13 @@ class BookSegmModule(pl.LightningModule):
             samplers = ((self.model.rpn, "fg_bg_sampler"), (self.model.roi_heads, "fg_bg_sampler"))
             self._batch_threads = BatchThreads(threads, random_draws=samplers)
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning validates every check_val_every_n_epoch epochs only: the last epoch validates too,
+        # so the best checkpoint and the calibrated threshold see the final weights
+        trainer = self.trainer
+        if trainer.check_val_every_n_epoch is not None and trainer.current_epoch == (trainer.max_epochs or 0) - 1:
+            trainer.check_val_every_n_epoch = 1
+
     def on_train_end(self) -> None:
         if self._batch_threads is not None:
             self._batch_threads.close()

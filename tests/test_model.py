@@ -88,6 +88,8 @@ def test_maskness_ranks_a_crisp_mask_above_a_doubtful_one_and_applies_the_thresh
     assert torch.equal(rescored["boxes"], detections["boxes"][[0, 1]])
     assert torch.equal(rescored["masks"], detections["masks"][[0, 1]])
     assert rescore_by_maskness(detections, score_thresh=0.6)["scores"] == pytest.approx(torch.tensor([0.72]))
+    # maskness squared: 0.8 x 0.81 = 0.648, 0.9 x 0.36 = 0.324
+    assert rescore_by_maskness(detections, 0.3, power=2.0)["scores"] == pytest.approx(torch.tensor([0.648, 0.324]))
 
 
 def test_maskness_scoring_rescores_the_model_outputs_under_its_detection_threshold():
@@ -261,6 +263,7 @@ def test_the_cpu_profile_knobs_shape_a_narrow_groupnorm_model_that_trains():
     ({"norm": "group", "weights": "coco"}, "has BatchNorm statistics"),
     ({"fpn_channels": 0}, "model.fpn_channels must be >= 1"),
     ({"roi_sampling_ratio": -1}, "model.roi_sampling_ratio must be >= 0 (0 = adaptive), got -1"),
+    ({"maskness_power": 0.0}, "model.maskness_power must be > 0, got 0.0"),
     ({"backbone": "mobilenet_v3_small"}, "model.backbone='mobilenet_v3_small' is unknown"),
 ])
 def test_impossible_profile_knobs_are_named(overrides, message):

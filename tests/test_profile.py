@@ -23,12 +23,12 @@ CPU_DEFAULT = {
     "model.box_head_dim": 256, "model.mask_head_convs": 2, "model.mask_head_channels": 32,
     "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8],
     "model.rpn_pre_nms_top_n_train": 600, "model.box_batch_size_per_image": 32, "model.box_positive_fraction": 0.5,
-    "model.maskness_scoring": True, "model.box_nms_thresh": 0.4, "model.weights": "none", "train.lr": 0.002,
+    "model.maskness_scoring": True, "model.maskness_power": 2.0, "model.box_nms_thresh": 0.4, "model.weights": "none", "train.lr": 0.002,
     "data.format": "synthetic", "data.synthetic.num_images": 240, "data.synthetic.width": 256,
     "data.synthetic.height": 192, "data.resize.mode": "none", "data.batch_size": 4, "data.val_batch_size": 4,
     "data.augment.hflip": 0.5, "data.augment.vflip": 0.0, "data.augment.rotate_p": 0.0, "data.augment.scale_p": 0.5,
     "data.num_workers": 0, "data.pin_memory": False,
-    "train.batch_threads": 2, "trainer.max_epochs": 25, "trainer.check_val_every_n_epoch": 5, "trainer.precision": "32-true",
+    "train.batch_threads": 2, "trainer.max_epochs": 20, "trainer.check_val_every_n_epoch": 5, "trainer.precision": "32-true",
 }
 
 

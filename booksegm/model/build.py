@@ -88,6 +88,7 @@ class ModelConfig:
     box_score_thresh: float = 0.05  # DETECTION_MIN_CONFIDENCE for the model; mAP evaluation keeps this low
     box_nms_thresh: float = 0.5  # DETECTION_NMS_THRESHOLD
     maskness_scoring: bool = False  # score = class score x maskness (SOLOv2): well-segmented books rank first
+    maskness_power: float = 1.0  # score = class score x maskness ** this (with maskness_scoring): > 1 weighs the mask more
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision 2; 0 = adaptive, as detectron2)
@@ -113,6 +114,8 @@ class ModelConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.maskness_power > 0:
+            raise ConfigError(f"model.maskness_power must be > 0, got {self.maskness_power}")
         if int(self.roi_sampling_ratio) < 0:
             raise ConfigError(f"model.roi_sampling_ratio must be >= 0 (0 = adaptive), got {self.roi_sampling_ratio}")
 
@@ -121,16 +124,18 @@ class PreResizedTransform(GeneralizedRCNNTransform):
     """Normalises and batches, but never resizes: booksegm's data pipeline has already sized
     every image (matterport's IMAGE_RESIZE_MODE), and a second resize would change it.
 
-    With ``maskness_scoring``, each detection's score becomes its class score times its maskness,
-    the mean mask probability over the pixels the mask keeps (SOLOv2's "maskness"): a box across
-    two spines scores high as a book but gets a doubtful mask. ``score_thresh`` then applies to
+    With ``maskness_scoring``, each detection's score becomes its class score times its maskness
+    (to ``maskness_power``), the mean mask probability over the pixels the mask keeps (SOLOv2's
+    "maskness"): a box across two spines scores high as a book but gets a doubtful mask. ``score_thresh`` then applies to
     that final score (``set_detection_limits`` keeps it equal to the RoI heads' class-score floor,
     which it can only tighten: maskness is at most 1).
     """
 
-    def __init__(self, image_mean: list[float], image_std: list[float], maskness_scoring: bool, score_thresh: float):
+    def __init__(self, image_mean: list[float], image_std: list[float], maskness_scoring: bool, score_thresh: float,
+                 maskness_power: float = 1.0):
         super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std)
         self.maskness_scoring = maskness_scoring
+        self.maskness_power = maskness_power
         self.score_thresh = score_thresh
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
@@ -146,19 +151,19 @@ class PreResizedTransform(GeneralizedRCNNTransform):
             detections = result[i]
             if "masks" in detections:
                 if self.maskness_scoring:
-                    detections = rescore_by_maskness(detections, self.score_thresh)
+                    detections = rescore_by_maskness(detections, self.score_thresh, self.maskness_power)
                 detections["masks"] = paste_masks_in_image(detections["masks"], detections["boxes"], image_size)
             result[i] = detections
         return result
 
 
-def rescore_by_maskness(detections: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor]:
-    """Scores times maskness (on the RoI-sized mask probabilities), those under ``score_thresh``
-    dropped, best first."""
+def rescore_by_maskness(detections: dict[str, Tensor], score_thresh: float, power: float = 1.0) -> dict[str, Tensor]:
+    """Scores times maskness to ``power`` (on the RoI-sized mask probabilities), those under
+    ``score_thresh`` dropped, best first."""
     probabilities = detections["masks"].flatten(1)
     kept = (probabilities > 0.5).to(probabilities.dtype)
     maskness = (probabilities * kept).sum(1) / kept.sum(1).clamp(min=1.0)
-    scores = detections["scores"] * maskness
+    scores = detections["scores"] * maskness**power
     order = torch.argsort(scores, descending=True)
     order = order[scores[order] >= score_thresh]
     rescored = {k: v[order] for k, v in detections.items()}
@@ -246,7 +251,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
     model.transform = PreResizedTransform(
-        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.box_score_thresh
+        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.box_score_thresh, cfg.maskness_power
     )
     init_predictors(model)
     return model

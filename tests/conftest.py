@@ -20,6 +20,8 @@ import pytest
 import torch
 from support import TORCH_THREADS, run_train
 
+from booksegm.config import to_dataclass
+from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.synthetic import generate_dataset
 
 torch.set_num_threads(TORCH_THREADS)
@@ -31,6 +33,17 @@ def synthetic_set(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, 6, seed=0, width=96, height=72, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_datamodule(synthetic_set) -> BookDataModule:
+    """``synthetic_set`` as a datamodule, set up: batch 2, two photos held out, images as drawn
+    (96 x 72: the default 1024 px squares would cost seconds a step)."""
+    data = BookDataModule(to_dataclass(DataConfig, {
+        "format": "via", "root": str(synthetic_set), "annotations": "via_region_data.json", "images": "images",
+        "val_fraction": 0.34, "batch_size": 2, "num_workers": 0, "resize": {"mode": "none"}}))
+    data.setup("fit")
+    return data
 
 
 @dataclass(frozen=True)

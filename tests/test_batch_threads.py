@@ -12,8 +12,7 @@ import pytorch_lightning as pl
 import torch
 from support import tiny_config
 
-from booksegm.config import ConfigError, to_dataclass
-from booksegm.data.datamodule import BookDataModule, DataConfig
+from booksegm.config import ConfigError
 from booksegm.model.batch_threads import BatchThreads
 from booksegm.model.module import BookSegmModule, OptimConfig
 
@@ -71,15 +70,6 @@ def test_batch_threads_below_one_is_a_config_error():
         OptimConfig(batch_threads=0).validate()
 
 
-@pytest.fixture(scope="module")
-def datamodule(synthetic_set) -> BookDataModule:
-    data = BookDataModule(to_dataclass(DataConfig, {
-        "format": "via", "root": str(synthetic_set), "annotations": "via_region_data.json", "images": "images",
-        "val_fraction": 0.34, "batch_size": 2, "num_workers": 0, "resize": {"mode": "none"}}))
-    data.setup("fit")
-    return data
-
-
 def fit_recording_threads(datamodule, norm: str) -> tuple[BookSegmModule, set[str], list]:
     """Three steps with train.batch_threads=2: the module, the threads its backbone's forward and
     backward ran in (tagged), its weights before."""
@@ -97,8 +87,8 @@ def fit_recording_threads(datamodule, norm: str) -> tuple[BookSegmModule, set[st
     return module, names, before
 
 
-def test_a_cpu_fit_runs_each_share_of_the_batch_in_its_own_thread(datamodule):
-    module, names, before = fit_recording_threads(datamodule, norm="group")
+def test_a_cpu_fit_runs_each_share_of_the_batch_in_its_own_thread(synthetic_datamodule):
+    module, names, before = fit_recording_threads(synthetic_datamodule, norm="group")
     # two images a batch: one each, forward and backward, never the main thread
     assert names == {"booksegm-step_0", "booksegm-step_1", "backward in booksegm-step_0", "backward in booksegm-step_1"}
     assert all(torch.isfinite(p).all() for p in module.parameters())
@@ -106,10 +96,10 @@ def test_a_cpu_fit_runs_each_share_of_the_batch_in_its_own_thread(datamodule):
     assert module._batch_threads is None  # the threads are gone with the fit
 
 
-def test_a_threaded_fit_repeats_exactly_with_its_seed(datamodule):
+def test_a_threaded_fit_repeats_exactly_with_its_seed(synthetic_datamodule):
     """The shares' samplers draw from torch's one generator in turn, in share order, whatever the threads' timing."""
-    first, _, _ = fit_recording_threads(datamodule, norm="group")
-    second, _, _ = fit_recording_threads(datamodule, norm="group")
+    first, _, _ = fit_recording_threads(synthetic_datamodule, norm="group")
+    second, _, _ = fit_recording_threads(synthetic_datamodule, norm="group")
     for a, b in zip(first.parameters(), second.parameters()):
         assert torch.equal(a, b)
 
@@ -161,9 +151,9 @@ def test_a_failing_share_leaves_its_turns_to_the_others():
         threads.close()
 
 
-def test_a_batchnorm_model_trains_in_one_pass(datamodule, caplog):
+def test_a_batchnorm_model_trains_in_one_pass(synthetic_datamodule, caplog):
     with caplog.at_level(logging.INFO, logger="booksegm.model.module"):
-        module, names, before = fit_recording_threads(datamodule, norm="batch")
+        module, names, before = fit_recording_threads(synthetic_datamodule, norm="batch")
     assert names == {threading.main_thread().name, "backward in " + threading.main_thread().name}
     assert "train.batch_threads=2 ignored: this model trains BatchNorm" in caplog.text
     assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))

@@ -9,8 +9,7 @@ import pytorch_lightning as pl
 import torch
 from support import run_train, tiny_config
 
-from booksegm.config import to_dataclass
-from booksegm.data.datamodule import BookDataModule, DataConfig
+from booksegm.data.datamodule import BookDataModule
 from booksegm.model.module import BookSegmModule, NonFiniteTrainingError
 
 
@@ -25,16 +24,6 @@ class PoisonedGradients(BookSegmModule):
             weight = next(self.model.parameters())
             loss = loss + torch.where(torch.tensor(True), torch.zeros(()), torch.sqrt(-weight.abs().sum() - 1))
         return loss
-
-
-@pytest.fixture(scope="module")
-def datamodule(synthetic_set) -> BookDataModule:
-    data = BookDataModule(to_dataclass(DataConfig, {
-        "format": "via", "root": str(synthetic_set), "annotations": "via_region_data.json", "images": "images",
-        "val_fraction": 0.34, "batch_size": 2, "num_workers": 0,
-        "resize": {"mode": "none"}}))  # as drawn, 96 x 72: the default 1024 px squares cost seconds a step
-    data.setup("fit")
-    return data
 
 
 def fit(datamodule: BookDataModule, poisoned: set[int], max_nonfinite_steps: int = 3, steps: int = 4) -> PoisonedGradients:
@@ -56,28 +45,28 @@ class WeightsAt(pl.Callback):
         self.before[trainer.global_step] = [p.detach().clone() for p in module.parameters()]
 
 
-def test_a_step_with_a_non_finite_gradient_is_skipped_and_counted_and_training_goes_on(datamodule):
-    module = fit(datamodule, poisoned={1})
+def test_a_step_with_a_non_finite_gradient_is_skipped_and_counted_and_training_goes_on(synthetic_datamodule):
+    module = fit(synthetic_datamodule, poisoned={1})
     assert module.nonfinite_steps == 1
     assert module.trainer.global_step == 4  # the skipped step still counts as a step
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def test_the_skipped_step_leaves_every_weight_as_it_was(datamodule):
+def test_the_skipped_step_leaves_every_weight_as_it_was(synthetic_datamodule):
     recorder = WeightsAt()
     pl.seed_everything(0)
     module = PoisonedGradients(model=asdict(tiny_config()), class_names=["book"], optim={"warmup_steps": 0})
     module.poisoned_steps = {1}
     trainer = pl.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", callbacks=[recorder])
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=synthetic_datamodule)
     assert all(torch.equal(a, b) for a, b in zip(recorder.before[1], recorder.before[2]))
     assert not all(torch.equal(a, b) for a, b in zip(recorder.before[0], recorder.before[1]))
 
 
-def test_consecutive_non_finite_steps_stop_the_run_naming_the_step_and_the_last_losses(datamodule):
+def test_consecutive_non_finite_steps_stop_the_run_naming_the_step_and_the_last_losses(synthetic_datamodule):
     with pytest.raises(NonFiniteTrainingError, match=r"training diverged: 3 steps in a row .*gradient.*step 3.*loss "):
-        fit(datamodule, poisoned={1, 2, 3}, max_nonfinite_steps=3, steps=8)
+        fit(synthetic_datamodule, poisoned={1, 2, 3}, max_nonfinite_steps=3, steps=8)
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused():

@@ -157,7 +157,7 @@ def staged_fit(root, checkpoints, ckpt_path=None) -> Recorder:
     datamodule = BookDataModule(data_cfg)
     optim = to_dataclass(OptimConfig, {"lr": 0.01, "warmup_steps": 0, "schedule": "constant", "stages": STAGES})
     # from scratch: BatchNorm2d in the body, so frozen stages must also stop its statistics
-    # narrow heads (the stages freeze the backbone): 12 checkpoints of 140 MB, not 365
+    # narrow heads (the stages freeze the backbone): 12 checkpoints of about 135 MB, not 365
     model = tiny_config(weights="none", fpn_channels=32, box_head_dim=64, mask_head_channels=16)
     module = BookSegmModule(model=asdict(model), optim=asdict(optim), class_names=["book"])
     staging = StagedTraining(optim.stages, data_cfg.resize)

@@ -16,7 +16,7 @@ from support import EXPERIMENTS, compose_config, run_train, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from booksegm.config import to_dataclass
-from booksegm.data.datamodule import BookDataModule, DataConfig
+from booksegm.data.datamodule import DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.module import BookSegmModule
 
@@ -132,13 +132,10 @@ def test_the_same_seed_gives_the_same_first_losses_on_cpu(tmp_path):
     assert first_losses(runs["a"]) != first_losses(runs["c"])
 
 
-def test_the_last_epoch_validates_whatever_check_val_every_n_epoch(synthetic_set):
-    data = BookDataModule(to_dataclass(DataConfig, {
-        "format": "via", "root": str(synthetic_set), "annotations": "via_region_data.json", "images": "images",
-        "val_fraction": 0.34, "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "resize": {"mode": "none"}}))
+def test_the_last_epoch_validates_whatever_check_val_every_n_epoch(synthetic_datamodule):
     module = BookSegmModule(model=asdict(tiny_config()), class_names=["book"], optim={"warmup_steps": 0})
     trainer = pl.Trainer(max_epochs=5, check_val_every_n_epoch=3, limit_train_batches=1, limit_val_batches=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=synthetic_datamodule)
     assert [v["epoch"] for v in module.val_history] == [2, 4]  # the 3rd epoch's, then the 5th (last) one's

@@ -125,14 +125,14 @@ class PreResizedTransform(GeneralizedRCNNTransform):
     every image (matterport's IMAGE_RESIZE_MODE), and a second resize would change it.
 
     With ``maskness_scoring``, each detection's score becomes its class score times its maskness
-    (to ``maskness_power``), the mean mask probability over the pixels the mask keeps (SOLOv2's
-    "maskness"): a box across two spines scores high as a book but gets a doubtful mask. ``score_thresh`` then applies to
-    that final score (``set_detection_limits`` keeps it equal to the RoI heads' class-score floor,
-    which it can only tighten: maskness is at most 1).
+    to ``maskness_power``, the mean mask probability over the pixels the mask keeps (SOLOv2's
+    "maskness"): a box across two spines scores high as a book but gets a doubtful mask.
+    ``score_thresh`` then applies to that final score (``set_detection_limits`` keeps it equal to
+    the RoI heads' class-score floor, which it can only tighten: maskness is at most 1).
     """
 
-    def __init__(self, image_mean: list[float], image_std: list[float], maskness_scoring: bool, score_thresh: float,
-                 maskness_power: float = 1.0):
+    def __init__(self, image_mean: list[float], image_std: list[float], maskness_scoring: bool,
+                 maskness_power: float, score_thresh: float):
         super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std)
         self.maskness_scoring = maskness_scoring
         self.maskness_power = maskness_power
@@ -251,7 +251,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
     model.transform = PreResizedTransform(
-        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.box_score_thresh, cfg.maskness_power
+        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.maskness_power, cfg.box_score_thresh
     )
     init_predictors(model)
     return model

@@ -6,14 +6,17 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from support import BOOK, NO_AUGMENT, polygon_region, truncate_jpeg, write_via_set
 
 from booksegm.data import images as images_module
 from booksegm.data.datamodule import BookDataModule, DataConfig, split_records
+from booksegm.data.dataset import paste_instances
 from booksegm.data.records import ImageRecord
 from booksegm.data.resize import ResizeConfig
+from booksegm.data.transforms import AugmentConfig
 
 
 def make_datamodule(root: Path, **overrides) -> BookDataModule:
@@ -169,3 +172,49 @@ def test_an_image_unreadable_after_setup_is_skipped_and_counted(tmp_path, caplog
     if num_workers == 0:  # worker processes log to their own handlers
         assert "b.jpg: cannot decode: image file is truncated" in caplog.text
     assert "images skipped during the run as they no longer loaded: 2" in caplog.text
+
+
+def test_copy_paste_pastes_donor_books_and_cuts_what_they_cover():
+    image, donor_image = np.zeros((20, 30, 3), np.uint8), np.full((20, 30, 3), 200, np.uint8)
+    hidden, partly = np.zeros((20, 30), np.uint8), np.zeros((20, 30), np.uint8)
+    hidden[2:6, 2:6] = 1  # wholly under the pasted book: dropped
+    partly[10:20, 0:14] = 1  # its left 10 columns under it: cut to the 4 on the right
+    pasted = np.zeros((20, 30), np.uint8)
+    pasted[0:20, 0:8] = 1  # the donor's one book: always pasted (at least one is)
+    pasted[10:20, 5:10] = 1
+    out_image, masks, labels = paste_instances(image, [hidden, partly], [1, 1], donor_image, [pasted], [2],
+                                               np.random.default_rng(0), min_area=4, max_instances=100)
+    assert labels == [1, 2]
+    assert masks[0].sum() == 40 and masks[0][10:20, 10:14].all()
+    assert (masks[1] == pasted).all()
+    assert (out_image[pasted > 0] == 200).all() and (out_image[pasted == 0] == 0).all()
+
+
+def test_copy_paste_keeps_to_max_gt_instances():
+    image = np.zeros((10, 40, 3), np.uint8)
+    own, donor = np.zeros((3, 10, 40), np.uint8), np.zeros((8, 10, 40), np.uint8)
+    for i in range(3):
+        own[i, :, i] = 1
+    for i in range(8):
+        donor[i, :, 10 + i] = 1
+    for seed in range(5):
+        _, masks, labels = paste_instances(image, list(own), [1] * 3, image, list(donor), [1] * 8,
+                                           np.random.default_rng(seed), min_area=1, max_instances=4)
+        assert len(masks) == len(labels) == 4  # the 3 untouched and one pasted
+    _, masks, _ = paste_instances(image, list(own), [1] * 3, image, list(donor), [1] * 8,
+                                  np.random.default_rng(0), min_area=1, max_instances=3)
+    assert len(masks) == 3  # full already: nothing pasted
+
+
+def test_copy_paste_in_training_adds_another_images_books_reproducibly(tmp_path):
+    write_via_set(tmp_path, {"a.jpg": [polygon_region([5, 25, 25, 5], [5, 5, 30, 30])],
+                             "b.jpg": [polygon_region([40, 70, 70, 40], [30, 30, 55, 55]),
+                                       polygon_region([50, 75, 75, 50], [2, 2, 20, 20])]})
+    dataset = make_datamodule(tmp_path, augment=AugmentConfig(**{**vars(NO_AUGMENT), "copy_paste_p": 1.0})
+                              ).train_dataloader().dataset
+    plain = make_datamodule(tmp_path).train_dataloader().dataset
+    for key in [(0, 3), (1, 4)]:
+        (_, with_paste), (_, without) = dataset[key], plain[key]
+        assert len(with_paste["labels"]) > len(without["labels"])  # the books of the other image join
+        assert torch.equal(dataset[key][0], dataset[key][0])  # the draw's seed fixes what is pasted
+        assert torch.equal(dataset[key][1]["masks"], with_paste["masks"])

@@ -163,7 +163,8 @@ class BookDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = BookDataset(
             self.train_records, self.cfg.resize, build_augmentation(self.cfg.augment), self.cfg.min_instance_area,
-            skipped=self.skipped_images,
+            skipped=self.skipped_images, copy_paste_p=self.cfg.augment.copy_paste_p,
+            max_instances=self.cfg.max_gt_instances,
         )
         # shuffled by the run's seed (seed_everything) and the epoch: resumable mid-epoch
         sampler = SeededShuffleSampler(len(dataset), seed=torch.initial_seed())

@@ -36,11 +36,15 @@ class BookDataset(Dataset):
         augment: A.Compose | None = None,
         min_area: int = 1,
         skipped: Synchronized | None = None,
+        copy_paste_p: float = 0.0,
+        max_instances: int = 100,
     ):
         self.records = records
         self.resize = resize
         self.augment = augment
         self.min_area = min_area
+        self.copy_paste_p = copy_paste_p
+        self.max_instances = max_instances  # data.max_gt_instances: copy-paste keeps to it too
         self.skipped = skipped if skipped is not None else multiprocessing.Value("i", 0)
 
     def __len__(self) -> int:
@@ -50,6 +54,28 @@ class BookDataset(Dataset):
         # a training draw brings its own augmentation seed (booksegm.data.sampler), so the same epoch
         # augments alike whatever the worker count or a resume; otherwise the index seeds it
         index, seed = key if isinstance(key, tuple) else (key, key)
+        item = self._load(index, seed)
+        if item is None:
+            return None
+        image, masks, labels = item
+        if self.copy_paste_p and len(self.records) > 1:
+            image, masks, labels = self._copy_paste(index, seed, image, masks, labels)
+        height, width = image.shape[:2]
+        return to_tensor(image), make_target(masks, labels, index, height, width)
+
+    def _copy_paste(self, index: int, seed: int, image: np.ndarray, masks: list[np.ndarray], labels: list[int]):
+        """With probability copy_paste_p, books of another image (drawn by ``seed``) pasted onto this one."""
+        rng = np.random.default_rng([seed, 1])
+        if rng.random() >= self.copy_paste_p:
+            return image, masks, labels
+        donor_index = (index + 1 + int(rng.integers(len(self.records) - 1))) % len(self.records)
+        donor = self._load(donor_index, int(rng.integers(2**31 - 1)))
+        if donor is None or donor[0].shape != image.shape or not donor[1]:  # sizes differ without a fixed resize
+            return image, masks, labels
+        return paste_instances(image, masks, labels, *donor, rng, self.min_area, self.max_instances)
+
+    def _load(self, index: int, seed: int) -> tuple[np.ndarray, list[np.ndarray], list[int]] | None:
+        """Image ``index`` loaded, resized and augmented by ``seed``, with its instances' masks."""
         record = self.records[index]
         try:
             image = load_rgb(record.path)
@@ -72,7 +98,30 @@ class BookDataset(Dataset):
             if int(mask.sum()) >= self.min_area:
                 masks.append(mask)
                 labels.append(inst.label)
-        return to_tensor(image), make_target(masks, labels, index, height, width)
+        return image, masks, labels
+
+
+def paste_instances(
+    image: np.ndarray, masks: list[np.ndarray], labels: list[int], donor_image: np.ndarray,
+    donor_masks: list[np.ndarray], donor_labels: list[int], rng: np.random.Generator, min_area: int,
+    max_instances: int,
+) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """Simple Copy-Paste (Ghiasi et al. 2021): a random half (at least one) of the donor's
+    instances pasted where they lie onto ``image``; what they cover is cut from its masks, and
+    instances left under ``min_area`` pixels go. At most ``max_instances`` come out."""
+    pick = rng.random(len(donor_masks)) < 0.5
+    pick[rng.integers(len(donor_masks))] = True
+    pick &= np.cumsum(pick) <= max_instances - len(masks)
+    if not pick.any():
+        return image, masks, labels
+    pasted = [m for m, keep in zip(donor_masks, pick) if keep]
+    cover = np.any(pasted, axis=0)
+    image = np.where(cover[..., None], donor_image, image)
+    kept = [(m & ~cover, label) for m, label in zip(masks, labels)]
+    kept = [(m, label) for m, label in kept if int(m.sum()) >= min_area]
+    out_masks = [m for m, _ in kept] + pasted
+    out_labels = [label for _, label in kept] + [label for label, keep in zip(donor_labels, pick) if keep]
+    return image, out_masks, out_labels
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

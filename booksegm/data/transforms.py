@@ -24,9 +24,10 @@ class AugmentConfig:
     scale_p: float = 0.0  # probability of a random zoom (scale jitter)
     scale_limit: float = 0.0  # zoom factor drawn from [1 - limit, 1 + limit]
     photometric_p: float = 0.3  # probability of brightness/contrast jitter
+    copy_paste_p: float = 0.0  # probability of pasting a random half of another image's books onto it
 
     def validate(self) -> None:
-        for name in ("hflip", "vflip", "rotate_p", "scale_p", "photometric_p"):
+        for name in ("hflip", "vflip", "rotate_p", "scale_p", "photometric_p", "copy_paste_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.rotate_limit <= 180.0:

@@ -51,6 +51,7 @@ from booksegm.inference import (
     spec_path,
 )
 from booksegm.model.build import is_torchvision_v1_layout
+from booksegm.model.tta import AS_GIVEN, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def torchvision_spec(loaded: LoadedModel) -> dict:
 def write_state_dict(loaded: LoadedModel, path: Path) -> None:
     if not is_torchvision_v1_layout(loaded.model_cfg):
         log.warning("%s: the torchvision-only recipe covers the v1 layout (BatchNorm, FPN 256, pool sizes 7/14, "
-                    "standard heads, class scores); load this model with booksegm.inference.load_model", path)
+                    "standard heads, class scores, one view); load this model with booksegm.inference.load_model", path)
     torch.save(loaded.model.state_dict(), path)
     spec_path(path).write_text(json.dumps(torchvision_spec(loaded), indent=2))
 
@@ -268,7 +269,14 @@ def sample_image(path: str | None, resize: ResizeConfig | None) -> torch.Tensor:
 def export(settings: ExportConfig) -> Parity:
     settings.validate()
     settings.check_output()
-    loaded = load_model(settings.ckpt_path, "cpu")  # exported files run anywhere; CPU is where they check
+    # exported files run anywhere; CPU is where they check. A graph holds one view: TTA's merge is
+    # booksegm's (booksegm.model.tta), which a state dict keeps in its spec.
+    graph = settings.format != "state_dict"
+    loaded = load_model(settings.ckpt_path, "cpu", test_time_augmentation=not graph)
+    if graph and tta_views(loaded.model_cfg.tta_scales, loaded.model_cfg.tta_hflip) != AS_GIVEN:
+        log.warning("%s: the %s graph runs the image as given, without model.tta_scales=%s / tta_hflip=%s; "
+                    "its scores are one view's, below the threshold calibrated on the views' merge",
+                    settings.ckpt_path, settings.format, loaded.model_cfg.tta_scales, loaded.model_cfg.tta_hflip)
     set_detection_limits(loaded.model, settings.score_threshold, settings.max_detections)
     image = sample_image(settings.image, loaded.resize)
     output = settings.output_path()

@@ -29,6 +29,7 @@ from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
 from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY
+from booksegm.model.tta import TTAMaskRCNN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,8 +57,8 @@ class LoadedModel:
     def spec(self) -> dict:
         """What booksegm needs besides the weights to rebuild this model (the JSON's own section),
         with the detection limits in force (``set_detection_limits``)."""
-        heads = self.model.roi_heads
-        limits = {"box_score_thresh": heads.score_thresh, "box_detections_per_img": heads.detections_per_img}
+        limiter = self.model if isinstance(self.model, TTAMaskRCNN) else self.model.roi_heads  # set_detection_limits
+        limits = {"box_score_thresh": limiter.score_thresh, "box_detections_per_img": limiter.detections_per_img}
         return {
             "model": {**asdict(self.model_cfg), **limits},
             "class_names": self.class_names,
@@ -89,8 +90,10 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The model stored at ``path`` (Lightning checkpoint or exported state dict), in eval mode."""
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               test_time_augmentation: bool = True) -> LoadedModel:
+    """The model stored at ``path`` (Lightning checkpoint or exported state dict), in eval mode;
+    one view of each image, whatever ``model.tta_*`` say, without ``test_time_augmentation``."""
     path = Path(path).expanduser()
     data = read_torch_file(path)
     if "state_dict" in data and "hyper_parameters" in data:  # a Lightning checkpoint
@@ -106,7 +109,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if not isinstance(spec.get("model"), dict) or not spec.get("class_names"):
         raise CheckpointError(f"{path}: no model config or class names in it; was it written by booksegm?")
     model_cfg = to_dataclass(ModelConfig, spec["model"], f"{path}: model")
-    model = build_maskrcnn(model_cfg, num_classes=1 + len(spec["class_names"]))
+    model = build_maskrcnn(model_cfg, 1 + len(spec["class_names"]), test_time_augmentation)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -164,6 +167,12 @@ def validation_resize(run_config: DictConfig) -> ResizeConfig:
 def set_detection_limits(model: MaskRCNN, score_threshold: float | None, max_detections: int | None) -> None:
     """DETECTION_MIN_CONFIDENCE and DETECTION_MAX_INSTANCES; applied before NMS, as in matterport
     (and to the final score too, when maskness rescores it: ``PreResizedTransform``)."""
+    if isinstance(model, TTAMaskRCNN):  # the views keep the model's floor: the limits apply to their merge
+        if score_threshold is not None:
+            model.score_thresh = float(score_threshold)
+        if max_detections is not None:
+            model.detections_per_img = int(max_detections)
+        return
     if score_threshold is not None:
         model.roi_heads.score_thresh = float(score_threshold)
         model.transform.score_thresh = float(score_threshold)

@@ -51,6 +51,7 @@ PREVIOUS_DEFAULT = {
     "model.backbone": "resnet50", "model.norm": "batch", "model.fpn_channels": 256, "model.box_head_dim": 1024,
     "model.mask_head_convs": 4, "model.mask_head_channels": 256, "model.box_batch_size_per_image": 32,
     "model.box_positive_fraction": 0.25, "model.maskness_scoring": False, "model.box_nms_thresh": 0.5,
+    "model.tta_scales": [1.0], "model.tta_hflip": False,
     "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8], "data.batch_size": 2,
     "data.augment.vflip": 0.5, "data.augment.rotate_p": 0.5, "data.augment.scale_p": 0.0,
     "data.synthetic.num_images": 240, "train.optimizer": "adamw", "train.lr": 0.0004, "train.warmup_steps": 20,

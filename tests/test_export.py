@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -29,6 +30,7 @@ from booksegm.export import (
 )
 from booksegm.inference import load_model, prepare_image, set_detection_limits
 from booksegm.model.module import BookSegmModule
+from booksegm.model.tta import TTAMaskRCNN
 
 TINY_MODEL = {"backbone": "resnet18", "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
               "box_detections_per_img": 10}
@@ -125,6 +127,26 @@ def test_maskness_scoring_travels_with_the_exported_model(format, images, tmp_pa
         parity = compare(reference, load_exported(format, output)(images["scene"]))
     assert parity.ok and parity.detections > 0, parity
     assert reference["scores"].max() < 0.2  # class score ~0.5 x maskness² ~0.25: the rescoring ran
+
+
+def test_a_state_dict_keeps_tta_and_a_graph_runs_one_view_with_a_warning(tmp_path, caplog):
+    checkpoint = write_checkpoint(tmp_path / "run", {**TINY_MODEL, "tta_scales": [1.0, 1.25], "tta_hflip": True})
+    assert isinstance(load_model(checkpoint).model, TTAMaskRCNN)
+    outputs = {}
+    for format in ("state_dict", "torchscript"):
+        outputs[format] = tmp_path / f"books.{format}"
+        with caplog.at_level(logging.WARNING), contextlib.redirect_stdout(io.StringIO()):
+            assert export(ExportConfig(ckpt_path=str(checkpoint), format=format, output=str(outputs[format]),
+                                       score_threshold=0.0, timing_runs=1)).ok
+    assert "the torchscript graph runs the image as given, without model.tta_scales=[1.0, 1.25]" in caplog.text
+    assert "state_dict graph" not in caplog.text
+    assert isinstance(load_model(outputs["state_dict"]).model, TTAMaskRCNN)
+    image = torch.rand(3, 96, 96)
+    one_view = load_model(checkpoint, test_time_augmentation=False)
+    set_detection_limits(one_view.model, 0.0, None)
+    with torch.no_grad():
+        parity = compare(one_view.model([image])[0], load_exported("torchscript", outputs["torchscript"])(image))
+    assert parity.ok and parity.detections > 0, parity  # the graph is the single view
 
 
 def test_onnx_is_opset_17_and_takes_any_image_size(exported, images, reference):

@@ -23,7 +23,8 @@ CPU_DEFAULT = {
     "model.box_head_dim": 256, "model.mask_head_convs": 2, "model.mask_head_channels": 32,
     "model.anchors.sizes": [12, 24, 48, 96, 192], "model.anchors.ratios": [0.18, 0.38, 1.8],
     "model.rpn_pre_nms_top_n_train": 600, "model.box_batch_size_per_image": 32, "model.box_positive_fraction": 0.5,
-    "model.maskness_scoring": True, "model.maskness_power": 2.0, "model.box_nms_thresh": 0.4, "model.weights": "none", "train.lr": 0.002,
+    "model.maskness_scoring": True, "model.maskness_power": 2.0, "model.box_nms_thresh": 0.4, "model.weights": "none",
+    "model.tta_scales": [1.0, 1.25], "model.tta_hflip": True, "train.lr": 0.002,
     "data.format": "synthetic", "data.synthetic.num_images": 240, "data.synthetic.width": 256,
     "data.synthetic.height": 192, "data.resize.mode": "none", "data.batch_size": 4, "data.val_batch_size": 4,
     "data.augment.hflip": 0.5, "data.augment.vflip": 0.0, "data.augment.rotate_p": 0.0, "data.augment.scale_p": 0.5,
@@ -57,6 +58,7 @@ def test_with_cuda_a_bare_train_composes_the_gpu_recipe(monkeypatch):
     assert cfg.model.box_positive_fraction == 0.25 and cfg.train.lr == 0.001
     assert cfg.model.maskness_scoring is False  # torchvision's scores: measured on the CPU model only
     assert cfg.model.box_nms_thresh == 0.5  # torchvision's NMS: the CPU model's 0.4 was measured on it alone
+    assert list(cfg.model.tta_scales) == [1.0] and cfg.model.tta_hflip is False  # one view: TTA measured on the CPU model
     assert cfg.train.batch_threads == 1  # the CPU's threaded shares do not apply to a GPU
 
 

@@ -26,6 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from booksegm.config import ConfigError
+from booksegm.model.tta import AS_GIVEN, TTAMaskRCNN, tta_views
 
 BACKBONES = {
     "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
@@ -92,6 +93,8 @@ class ModelConfig:
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision 2; 0 = adaptive, as detectron2)
+    tta_scales: list[float] = field(default_factory=lambda: [1.0])  # test-time augmentation: image scales, views merged
+    tta_hflip: bool = False  # test-time augmentation: each scale also mirrored left-right
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -116,6 +119,9 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if not self.maskness_power > 0:
             raise ConfigError(f"model.maskness_power must be > 0, got {self.maskness_power}")
+        scales = self.tta_scales
+        if not scales or any(not 0.25 <= s <= 4.0 for s in scales) or len(set(scales)) < len(scales):
+            raise ConfigError(f"model.tta_scales needs distinct scales in [0.25, 4] ([1.0]: none), got {scales}")
         if int(self.roi_sampling_ratio) < 0:
             raise ConfigError(f"model.roi_sampling_ratio must be >= 0 (0 = adaptive), got {self.roi_sampling_ratio}")
 
@@ -210,9 +216,11 @@ def heads_norm_layer(cfg: ModelConfig):
     return nn.BatchNorm2d if cfg.backbone in V2_LAYOUTS else None
 
 
-def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
-    """Mask R-CNN with ``num_classes`` outputs (background included: book -> 2)."""
+def build_maskrcnn(cfg: ModelConfig, num_classes: int, test_time_augmentation: bool = True) -> MaskRCNN:
+    """Mask R-CNN with ``num_classes`` outputs (background included: book -> 2); a ``TTAMaskRCNN``
+    when ``model.tta_*`` ask for more than the image as given and ``test_time_augmentation`` is on."""
     cfg.validate()
+    views = tta_views(cfg.tta_scales, cfg.tta_hflip) if test_time_augmentation else AS_GIVEN
     backbone = build_backbone(cfg)
     anchor_generator = cfg.anchors.generator()
     channels = backbone.out_channels
@@ -224,7 +232,7 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
     else:
         box_head = TwoMLPHead(channels * cfg.pool_size**2, cfg.box_head_dim)
     mask_layers = [cfg.mask_head_channels] * cfg.mask_head_convs
-    model = MaskRCNN(
+    model = (MaskRCNN if views == AS_GIVEN else TTAMaskRCNN)(
         backbone,
         num_classes=None,  # the predictors are built below, from the pool sizes
         rpn_anchor_generator=anchor_generator,
@@ -254,6 +262,8 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.maskness_power, cfg.box_score_thresh
     )
     init_predictors(model)
+    if isinstance(model, TTAMaskRCNN):
+        model.configure(views, cfg.box_score_thresh, cfg.box_detections_per_img)
     return model
 
 
@@ -276,6 +286,7 @@ def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
             and cfg.roi_sampling_ratio == 2 and not cfg.maskness_scoring
+            and tta_views(cfg.tta_scales, cfg.tta_hflip) == AS_GIVEN
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 

@@ -83,21 +83,22 @@ def merge_views(views: list[dict[str, Tensor]], nms_thresh: float, score_thresh:
     """The views' detections of one image as one set (module docstring), after NMS at
     ``nms_thresh``, those scoring under ``score_thresh`` dropped, at most ``detections_per_img``."""
     joined = {key: torch.cat([view[key] for view in views]) for key in views[0]}
-    source = torch.cat([torch.full((len(view["scores"]),), i) for i, view in enumerate(views)])
+    device = joined["boxes"].device
+    source = torch.cat([torch.full((len(view["scores"]),), i, device=device) for i, view in enumerate(views)])
     iou = box_iou(joined["boxes"], joined["boxes"])
     iou[joined["labels"][:, None] != joined["labels"][None, :]] = 0.0  # a book never merges with another class
-    free = torch.ones(len(source), dtype=torch.bool)
+    free = torch.ones(len(source), dtype=torch.bool, device=device)
     merged: dict[str, list[Tensor]] = {key: [] for key in joined}
     for i in torch.argsort(joined["scores"], descending=True).tolist():
         if not free[i]:
             continue
         members = [i]
-        for view in range(len(views)):  # the best free match of each other view
+        for view in set(range(len(views))) - {int(source[i])}:  # the best free match of each other view
             candidates = torch.nonzero(free & (source == view) & (iou[i] >= MATCH_IOU)).flatten()
-            if view != source[i] and len(candidates):
+            if len(candidates):
                 members.append(int(candidates[iou[i, candidates].argmax()]))
         free[members] = False
-        group = torch.tensor(members)
+        group = torch.tensor(members, device=device)
         merged["boxes"].append(joined["boxes"][group].mean(0))
         merged["masks"].append(joined["masks"][group].mean(0))
         merged["scores"].append(joined["scores"][group].sum() / len(views))

@@ -51,7 +51,6 @@ from booksegm.inference import (
     spec_path,
 )
 from booksegm.model.build import is_torchvision_v1_layout
-from booksegm.model.tta import AS_GIVEN, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +272,7 @@ def export(settings: ExportConfig) -> Parity:
     # booksegm's (booksegm.model.tta), which a state dict keeps in its spec.
     graph = settings.format != "state_dict"
     loaded = load_model(settings.ckpt_path, "cpu", test_time_augmentation=not graph)
-    if graph and tta_views(loaded.model_cfg.tta_scales, loaded.model_cfg.tta_hflip) != AS_GIVEN:
+    if graph and loaded.model_cfg.augments_at_test_time():
         log.warning("%s: the %s graph runs the image as given, without model.tta_scales=%s / tta_hflip=%s; "
                     "its scores are one view's, below the threshold calibrated on the views' merge",
                     settings.ckpt_path, settings.format, loaded.model_cfg.tta_scales, loaded.model_cfg.tta_hflip)

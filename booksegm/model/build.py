@@ -125,6 +125,10 @@ class ModelConfig:
         if int(self.roi_sampling_ratio) < 0:
             raise ConfigError(f"model.roi_sampling_ratio must be >= 0 (0 = adaptive), got {self.roi_sampling_ratio}")
 
+    def augments_at_test_time(self) -> bool:
+        """Whether ``tta_scales``/``tta_hflip`` ask for more views than the image as given."""
+        return tta_views(self.tta_scales, self.tta_hflip) != AS_GIVEN
+
 
 class PreResizedTransform(GeneralizedRCNNTransform):
     """Normalises and batches, but never resizes: booksegm's data pipeline has already sized
@@ -286,7 +290,7 @@ def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
             and cfg.roi_sampling_ratio == 2 and not cfg.maskness_scoring
-            and tta_views(cfg.tta_scales, cfg.tta_hflip) == AS_GIVEN
+            and not cfg.augments_at_test_time()
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 

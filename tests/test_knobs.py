@@ -63,9 +63,8 @@ def test_roi_canonical_scale_picks_the_fpn_level_an_roi_pools_from(canonical_sca
         assert pooler.map_levels([box]).tolist() == [level]
 
 
-@pytest.mark.parametrize("change", [{}, {"maskness_scoring": True}, {"roi_sampling_ratio": 1}, {"roi_canonical_scale": 112},
-                                    {"fpn_channels": 128},
-                                    {"tta_hflip": True}])
+@pytest.mark.parametrize("change", [{}, {"maskness_scoring": True}, {"roi_sampling_ratio": 1},
+                                    {"roi_canonical_scale": 112}, {"fpn_channels": 128}, {"tta_hflip": True}])
 def test_only_torchvisions_own_recipe_counts_as_its_v1_layout(change):
     """export's torchvision-only recipe rebuilds the model with maskrcnn_resnet50_fpn: any other knob value breaks it."""
     assert is_torchvision_v1_layout(ModelConfig(**change)) is (not change)

@@ -273,7 +273,8 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int, test_time_augmentation: b
 
 
 def roi_align(cfg: ModelConfig, output_size: int) -> MultiScaleRoIAlign:
-    """RoIAlign over the FPN levels P2..P5, as torchvision's Mask R-CNN pools for its box and mask heads."""
+    """RoIAlign over the FPN levels P2..P5, as torchvision's Mask R-CNN pools for its box and mask heads:
+    each RoI from the level its size maps to (``roi_canonical_scale`` pools from P4)."""
     return MultiScaleRoIAlign(
         ["0", "1", "2", "3"], output_size=output_size, sampling_ratio=cfg.roi_sampling_ratio,
         canonical_scale=cfg.roi_canonical_scale,

@@ -93,7 +93,7 @@ class ModelConfig:
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision 2; 0 = adaptive, as detectron2)
-    roi_canonical_scale: int = 224  # an RoI of this sqrt(area) in pixels pools from P4, each halving one level finer (FPN's 224)
+    roi_canonical_scale: int = 224  # RoIs of this sqrt(area) pool from P4, each halving one level finer (FPN's 224)
     tta_scales: list[float] = field(default_factory=lambda: [1.0])  # test-time augmentation: image scales, views merged
     tta_hflip: bool = False  # test-time augmentation: each scale also mirrored left-right
 
@@ -294,8 +294,8 @@ def init_predictors(model: MaskRCNN) -> None:
 def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
-            and cfg.roi_sampling_ratio == 2 and cfg.roi_canonical_scale == 224 and not cfg.maskness_scoring
-            and not cfg.augments_at_test_time()
+            and cfg.roi_sampling_ratio == 2 and cfg.roi_canonical_scale == 224
+            and not cfg.maskness_scoring and not cfg.augments_at_test_time()
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from support import BOOK, NO_AUGMENT, polygon_region, truncate_jpeg, write_via_set
 
+from booksegm.config import ConfigError
 from booksegm.data import images as images_module
 from booksegm.data.datamodule import BookDataModule, DataConfig, split_records
 from booksegm.data.dataset import paste_instances
@@ -98,8 +99,6 @@ def test_split_is_seeded_and_folds_partition_the_set():
     ("format", "pascal", "data.format"), ("folds", 1, "data.folds"), ("val_fraction", 1.0, "val_fraction"),
 ])
 def test_bad_data_values_fail_early(tmp_path, field, value, message):
-    from booksegm.config import ConfigError
-
     with pytest.raises(ConfigError, match=message):
         make_datamodule(tmp_path, **{field: value})
 
@@ -218,3 +217,29 @@ def test_copy_paste_in_training_adds_another_images_books_reproducibly(tmp_path)
         assert len(with_paste["labels"]) > len(without["labels"])  # the books of the other image join
         assert torch.equal(dataset[key][0], dataset[key][0])  # the draw's seed fixes what is pasted
         assert torch.equal(dataset[key][1]["masks"], with_paste["masks"])
+
+
+def test_mix_synthetic_adds_rendered_scenes_to_training_only(tmp_path):
+    write_via_set(tmp_path / "real", {f"{i}.jpg": BOOK for i in range(4)})
+    cfg = DataConfig(format="via", root=str(tmp_path / "real"), num_workers=0, resize=ResizeConfig("square", 96, 96),
+                     augment=NO_AUGMENT, val_fraction=0.5, mix_synthetic=True, synthetic_root=str(tmp_path / "scenes"))
+    cfg.synthetic.num_images, cfg.synthetic.width, cfg.synthetic.height = 3, 96, 72
+    module = BookDataModule(cfg)
+    module.prepare_data()  # renders the scenes once
+    module.setup("fit")
+    assert sorted(p.name for p in (tmp_path / "scenes" / "images").iterdir()) == [f"synth_{i:05d}.jpg" for i in range(3)]
+    train_names = sorted(r.file_name for r in module.train_records)
+    assert len(train_names) == 2 + 3 and sum(name.startswith("synth_") for name in train_names) == 3
+    assert all(not r.file_name.startswith("synth_") for r in module.val_records) and len(module.val_records) == 2
+    assert all(r.instances for r in module.train_records if r.file_name.startswith("synth_"))
+    images, _ = next(iter(module.train_dataloader()))
+    assert all(image.shape == (3, 96, 96) for image in images)  # one resize for real photos and scenes
+
+
+@pytest.mark.parametrize("overrides", [{"format": "synthetic"}, {"synthetic_root": None}])
+def test_mix_synthetic_needs_a_real_set_and_a_render_folder(tmp_path, overrides):
+    cfg = DataConfig(format="via", root=str(tmp_path), mix_synthetic=True, synthetic_root=str(tmp_path / "scenes"))
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    with pytest.raises(ConfigError, match="mix_synthetic"):
+        BookDataModule(cfg)

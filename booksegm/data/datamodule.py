@@ -24,7 +24,7 @@ from booksegm.data.images import ImageChecks, ImageReadError
 from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, ImageRecord, cap_instances
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.sampler import ResumableLoader, SeededShuffleSampler
-from booksegm.data.synthetic import STYLES, generate_dataset
+from booksegm.data.synthetic import ANNOTATION_FILE, IMAGE_FOLDER, STYLES, generate_dataset
 from booksegm.data.transforms import AugmentConfig, build_augmentation
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ class DataConfig:
     num_workers: int = 2  # DataLoader worker processes
     pin_memory: bool = False  # page-locked batches for faster copies to a GPU
     image_check_cache: str | None = None  # remembers images that decoded (path, size, mtime); null = decode all
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when format=synthetic
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when format=synthetic or mix_synthetic
+    synthetic_root: str | None = None  # where the synthetic scenes are rendered (once) and read back
+    mix_synthetic: bool = False  # joint training: the synthetic scenes join a real set's training images (not its validation)
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -82,6 +84,9 @@ class DataConfig:
             raise ConfigError(f"data.folds must be 0 (off) or >= 2, got {self.folds}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ConfigError(f"data.fold must be in 0..{self.folds - 1}, got {self.fold}")
+        if self.mix_synthetic and (self.format == "synthetic" or not self.synthetic_root):
+            raise ConfigError("data.mix_synthetic adds rendered scenes to a real set: it needs data.format "
+                              "via|coco|yolo and data.synthetic_root")
         if self.max_gt_instances < 1 or self.batch_size < 1 or self.val_batch_size < 1 or self.num_workers < 0:
             raise ConfigError("data.max_gt_instances, batch_size and val_batch_size must be >= 1, num_workers >= 0")
         self.resize.validate(training=True)
@@ -112,12 +117,19 @@ class BookDataModule(pl.LightningDataModule):
     def root(self) -> Path:
         return Path(self.cfg.root).expanduser()
 
-    def prepare_data(self) -> None:
+    @property
+    def synthetic_root(self) -> Path | None:
+        """The folder of rendered scenes this data reads: its root (format=synthetic) or the mixed-in set."""
         if self.cfg.format == "synthetic":
-            if not (self.root / "via_region_data.json").exists():
-                s = self.cfg.synthetic
-                log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, self.root)
-                generate_dataset(self.root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style)
+            return self.root
+        return Path(self.cfg.synthetic_root).expanduser() if self.cfg.mix_synthetic else None
+
+    def prepare_data(self) -> None:
+        root = self.synthetic_root
+        if root is not None and not (root / ANNOTATION_FILE).exists():
+            s = self.cfg.synthetic
+            log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, root)
+            generate_dataset(root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:
@@ -130,6 +142,10 @@ class BookDataModule(pl.LightningDataModule):
             self.train_records, self.val_records = records, self._load(self.cfg.val_annotations, checks)
         else:
             self.train_records, self.val_records = split_records(records, self.cfg)
+        if self.cfg.format != "synthetic" and self.cfg.mix_synthetic:
+            scenes = self._read(self.synthetic_root / ANNOTATION_FILE, "via", self.synthetic_root / IMAGE_FOLDER, checks)
+            log.info("mix_synthetic: %d rendered scenes join the %d training images", len(scenes), len(self.train_records))
+            self.train_records = self.train_records + scenes
         checks.save()
         log.info("image check: %d images decoded in %.2f s; unchanged ones are remembered in %s",
                  checks.decoded, checks.seconds, checks.cache_file or "no file (data.image_check_cache is null)")
@@ -140,7 +156,9 @@ class BookDataModule(pl.LightningDataModule):
     def _load(self, relative: str | None, checks: ImageChecks) -> list[ImageRecord]:
         fmt = "via" if self.cfg.format == "synthetic" else self.cfg.format
         path = self.root / relative if relative else default_annotations(self.root, fmt)
-        image_root = self.root / self.cfg.images if self.cfg.images else None
+        return self._read(path, fmt, self.root / self.cfg.images if self.cfg.images else None, checks)
+
+    def _read(self, path: Path, fmt: str, image_root: Path | None, checks: ImageChecks) -> list[ImageRecord]:
         options = ReaderOptions(
             image_root=image_root, class_map=self.class_map, class_attribute=self.cfg.class_attribute,
             polyline_as_outline=self.cfg.polyline_as_outline, on_unknown_class=self.cfg.on_unknown_class,

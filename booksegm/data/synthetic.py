@@ -737,6 +737,9 @@ def book_polygons(scene: Scene, to_photo: np.ndarray, width: int, height: int) -
 # ---------------------------------------------------------------- dataset
 
 
+ANNOTATION_FILE, IMAGE_FOLDER = "via_region_data.json", "images"  # a rendered set's layout under its folder
+
+
 def generate_dataset(
     out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
     style: str = "photo",
@@ -746,9 +749,9 @@ def generate_dataset(
     if num_images < 0 or width < 32 or height < 32:
         raise ConfigError(f"need num_images >= 0 and at least 32x32 pixels, got {num_images} images of {width}x{height}")
     out_dir = Path(out_dir)
-    image_dir = out_dir / "images"
+    image_dir = out_dir / IMAGE_FOLDER
     image_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "via_region_data.json"
+    json_path = out_dir / ANNOTATION_FILE
     annotations = AnnotationSet(source=json_path, flavour="synthetic", records=[], class_names=("book",))
     for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
         image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style)

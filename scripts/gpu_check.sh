@@ -4,7 +4,7 @@
 #                                                # predict, export, speed bench fp32 vs AMP
 #   bash scripts/gpu_check.sh --device cpu --no-install --tiny   # the same steps in seconds (tests)
 # Installs booksegm over the machine's own torch (pip install --no-deps -e .) and its other
-# dependencies from wheelhouse/ (downloaded beforehand; README, "GPU"). Figures go to stdout and,
+# dependencies from wheelhouse/ (downloaded beforehand; docs/configuration.md, "Checking a GPU machine"). Figures go to stdout and,
 # with the log of every step, to $OUT (or outputs/gpu_check) as figures.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ figure() { echo "$*" | tee -a "$figures"; }
 step() { echo "== $1" >&2; shift; "$@" > >(tee -a "$out/gpu_check.log") 2> >(tee -a "$out/gpu_check.log" >&2); }
 
 if [ "$install" = 1 ]; then
-  [ -d wheelhouse ] || { echo "gpu_check.sh: no wheelhouse/ (README, GPU: pip download ...) and no --no-install" >&2; exit 2; }
+  [ -d wheelhouse ] || { echo "gpu_check.sh: no wheelhouse/ (docs/configuration.md, "Checking a GPU machine": pip download ...) and no --no-install" >&2; exit 2; }
   # pip takes what the machine has (torch, lightning, numpy, opencv...) and the rest from wheelhouse/
   step install python -m pip install --no-index --find-links wheelhouse hydra-core omegaconf albumentations pycocotools shapely
   step install python -m pip install --no-index --find-links wheelhouse --no-deps -e .

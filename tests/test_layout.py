@@ -17,7 +17,7 @@ def test_no_test_module_imports_another():
     assert not offenders, "import shared helpers from support.py or take conftest.py's fixtures:\n" + "\n".join(offenders)
 
 
-# The package's layers, bottom up (README "Layout"): a module may import its own layer and those below.
+# The package's layers, bottom up (docs/architecture.md): a module may import its own layer and those below.
 LAYERS = [("booksegm.errors", "booksegm.config"), ("booksegm.data",), ("booksegm.evaluation",), ("booksegm.model",),
           ("booksegm.inference",)]  # everything else is an entry point, the top layer
 PACKAGE = TESTS.parent / "booksegm"

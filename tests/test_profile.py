@@ -16,7 +16,7 @@ from booksegm.data.resize import ResizeConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.profile import auto_precision, with_profile
 
-# the CPU default the README measures (conf/model/maskrcnn_cpu.yaml, conf/data/synthetic.yaml,
+# the CPU default docs/experiments.md measures (conf/model/maskrcnn_cpu.yaml, conf/data/synthetic.yaml,
 # conf/train/default.yaml, conf/trainer/default.yaml)
 CPU_DEFAULT = {
     "model.backbone": "mobilenet_v3_large", "model.norm": "group", "model.fpn_channels": 32,

@@ -1,15 +1,15 @@
 """Accuracy benchmark: ``python -m booksegm.bench accuracy [--recipe NAME=OVERRIDES ...]``.
 
 Trains each recipe with ``booksegm.train`` in turn (one at a time: each owns the cores), on the
-same machine and in the same session, and prints their validation mask AP, AP50, box AP, steps
+same machine, back to back, and prints their validation mask AP, AP50, box AP, steps
 and wall time side by side; ``learning_curve.png`` draws mask AP against training time for all of
 them, from each run's TensorBoard log. Without ``--recipe`` it compares
-today's default (``python -m booksegm.train``) with the default it replaced
+the default (``python -m booksegm.train``) with the baseline it replaced
 (``+experiment=cpu_default_v1``). ``--max-minutes`` or ``--max-steps`` cut every recipe short for a
 fixed budget; a recipe's LR schedule still assumes its full length then.
 
 ``python -m booksegm.bench curves NAME=RUN_DIR ... --out learning_curve.png`` draws the same
-picture for runs that already exist (the README's figure).
+picture for runs that already exist (notebooks/figures/learning_curve.png).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Data parallelism over threads for a training step on the CPU.
 
 On a few cores one process with all of them leaves cores idle: RoIAlign's backward, NMS, the
-sampling and the Python around them run on one thread (on 2 cores a second intra-op thread makes
-a step only 1.15x faster). Splitting the batch into shares and running each share's forward and
-backward in its own thread keeps every core busy (about 0.7x the step's time on 2 cores): torch
-releases the GIL inside its kernels, and autograd accumulates the shares' gradients into the
-same parameters safely (each share's backward adds to ``.grad`` once per parameter). The shares'
-random draws (the RPN's and RoI heads' samplers) come from torch's one generator, so they take
-turns in share order: a seeded run repeats exactly.
+sampling and the Python around them run on one thread, so a second intra-op thread adds little.
+Splitting the batch into shares and running each share's forward and backward in its own thread
+keeps every core busy (docs/experiments.md, "batch threads"): torch releases the GIL inside its
+kernels, and autograd accumulates the shares' gradients into the same parameters safely (each
+share's backward adds to ``.grad`` once per parameter). The shares' random draws (the RPN's and
+RoI heads' samplers) come from torch's one generator, so they take turns in share order: a seeded
+run repeats exactly.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The layout is ``maskrcnn_resnet50_fpn``'s (ResNet + FPN, RPN, RoIAlign box and mask heads), or
 ``maskrcnn_resnet50_fpn_v2``'s for ``resnet50_v2``; what matterport exposes as Config attributes
-is passed through here (the README's matterport table). The CPU profile shrinks the same layout
+is passed through here (docs/configuration.md, the matterport table). The CPU profile shrinks the same layout
 (narrower FPN and heads, GroupNorm) without leaving it: still torchvision's ``MaskRCNN``.
 """
 

@@ -1,15 +1,21 @@
 """The training profile a bare ``booksegm train`` picks: ``gpu`` with CUDA, else ``cpu``.
 
-Hydra's defaults list cannot ask torch whether CUDA is there (its interpolations name other config
-groups, never resolvers), so the entry point adds ``profile=gpu`` to the command line before Hydra
-reads it. A command line that names a profile keeps it: ``booksegm train profile=cpu`` on a GPU box.
+The choice cannot live in config.yaml's defaults list: an interpolated entry there (a resolver asking
+torch) may not hold the GPU profile's ``override /model``. So the entry point adds ``profile=gpu`` to
+the command line before Hydra reads it, as the first of its overrides: argparse takes the overrides
+as one run of words, before or after Hydra's flags (``--cfg job``, ``--info``, ``-m``), so a word
+added anywhere else would be refused. A command line that names a profile keeps it: ``booksegm
+train profile=cpu`` on a GPU box.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 import torch
+from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 
 NAMES_A_PROFILE = re.compile(r"^[+~]{0,2}profile(=|$)")
@@ -20,10 +26,20 @@ def default_profile() -> str:
 
 
 def with_profile(argv: list[str]) -> list[str]:
-    """``argv`` (program first) with ``profile=<default_profile()>`` added unless an argument names one."""
-    if any(NAMES_A_PROFILE.match(arg) for arg in argv[1:]):
+    """``argv`` (program first) with ``profile=<default_profile()>`` before its first override (first of
+    all without one) unless an override names a profile. A command line Hydra refuses is left as it
+    is: Hydra then says what is wrong with it, as without a profile."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:  # Hydra's own parser: which words are overrides (--version and a bad flag exit)
+            args = get_args_parser().parse_args(argv[1:])
+        except SystemExit:
+            return list(argv)
+    overrides = args.overrides
+    # --hydra-help composes Hydra's own config alone, which refuses any override
+    if args.hydra_help or any(NAMES_A_PROFILE.match(arg) for arg in overrides):
         return list(argv)
-    return [*argv, f"profile={default_profile()}"]
+    at = next((i for i in range(1, len(argv)) if argv[i:i + len(overrides)] == overrides), 1) if overrides else 1
+    return [*argv[:at], f"profile={default_profile()}", *argv[at:]]
 
 
 def auto_precision() -> str:

@@ -76,6 +76,19 @@ def test_a_named_profile_wins_over_the_automatic_choice(monkeypatch, named):
         assert with_profile(["train", "seed=1", named]) == ["train", "seed=1", named]
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["a=1", "b=2", "--cfg", "job"], ["profile=cpu", "a=1", "b=2", "--cfg", "job"]),  # with the overrides: one run of words
+    (["--cfg", "job", "a=1"], ["--cfg", "job", "profile=cpu", "a=1"]),
+    (["--info"], ["profile=cpu", "--info"]),  # first: after --info it would be read as --info's argument
+    (["-m", "--config-name", "config"], ["profile=cpu", "-m", "--config-name", "config"]),
+    (["--hydra-help"], ["--hydra-help"]),  # Hydra's help takes no override
+    (["a=1", "--cfg", "job", "b=2"], ["a=1", "--cfg", "job", "b=2"]),  # Hydra refuses it: left for Hydra to say so
+])
+def test_the_profile_joins_the_overrides_wherever_they_stand(monkeypatch, argv, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert with_profile(["train", *argv]) == ["train", *expected]
+
+
 def test_the_train_entry_point_applies_the_choice(tmp_path):
     """`python -m booksegm.train --cfg job` where torch reports CUDA shows the GPU model."""
     code = ("import runpy, sys, torch; torch.cuda.is_available = lambda: True; "

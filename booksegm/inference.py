@@ -28,14 +28,13 @@ from booksegm.data.dataset import to_tensor
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
-from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY
+from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY, display_threshold
 from booksegm.model.tta import TTAMaskRCNN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPEC_SECTION = "booksegm"  # the exported JSON's section that booksegm itself reads
-DEFAULT_SCORE_THRESHOLD = 0.7  # matterport's DETECTION_MIN_CONFIDENCE, for a file without a calibrated one
 
 
 @dataclass
@@ -50,9 +49,7 @@ class LoadedModel:
 
     def display_threshold(self, requested: float | None) -> float:
         """The confidence threshold for showing detections: the one asked for, else the calibrated one."""
-        if requested is not None:
-            return requested
-        return self.score_threshold if self.score_threshold is not None else DEFAULT_SCORE_THRESHOLD
+        return display_threshold(requested, self.score_threshold)
 
     def spec(self) -> dict:
         """What booksegm needs besides the weights to rebuild this model (the JSON's own section),

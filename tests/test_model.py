@@ -17,6 +17,7 @@ from booksegm.model.checkpoint_file import CheckpointError
 from booksegm.inference import set_detection_limits
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, rescore_by_maskness
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
+from booksegm.model.module import DEFAULT_SCORE_THRESHOLD
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict
 
 
@@ -279,3 +280,21 @@ def test_resnet_stage_groups_are_refused_for_a_mobilenet_backbone():
     model["anchors"] = vars(model["anchors"])
     with pytest.raises(ConfigError, match="name ResNet stages"):
         BookSegmModule(model=model, optim={"stages": [{"layers": "4+", "epochs": 1}]}, class_names=["book"])
+
+
+@pytest.mark.parametrize("calibrated, drawn_from", [(None, DEFAULT_SCORE_THRESHOLD), (0.3, 0.3)])
+def test_validation_pictures_show_detections_from_the_score_predict_would_use(monkeypatch, calibrated, drawn_from):
+    """TensorBoard's val/predictions draw from the run's calibrated score, else matterport's 0.7, as predict shows."""
+    from booksegm.model import module as module_code
+
+    model = vars(tiny_config())
+    model["anchors"] = vars(model["anchors"])
+    module = module_code.BookSegmModule(model=model, optim={}, class_names=["book"]).eval()
+    module.score_threshold = calibrated
+    thresholds = []
+    monkeypatch.setattr(module_code, "draw_prediction",
+                        lambda image, prediction, names, score_threshold=0.5: thresholds.append(score_threshold))
+    images, targets = toy_batch()
+    module.validation_step((images, [{**t, "image_id": i} for i, t in enumerate(targets)]), 0)
+    assert thresholds == [drawn_from, drawn_from]
+    assert DEFAULT_SCORE_THRESHOLD == 0.7  # the value conf/predict.yaml and conf/evaluate.yaml promise

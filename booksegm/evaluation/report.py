@@ -46,7 +46,7 @@ class ImageResult:
 class EvaluationReport:
     """Feed batches with :meth:`update`; read :meth:`metrics`, :meth:`curves` and :meth:`worst_first`."""
 
-    def __init__(self, class_names: Sequence[str], score_threshold: float = 0.7):
+    def __init__(self, class_names: Sequence[str], score_threshold: float):
         self.coco = CocoEvaluator(class_names)
         self.score_threshold = score_threshold
         self.images: list[ImageResult] = []

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
+DEFAULT_SCORE_THRESHOLD = 0.7  # matterport's DETECTION_MIN_CONFIDENCE, for a model without a calibrated score
 RUN_CONFIG_KEY = "booksegm_config"  # checkpoint entry: the run's resolved config (data, model, train, trainer)
 VAL_HISTORY_KEY = "val_history"  # checkpoint entry: every validation so far, so a resumed run's metrics.json is whole
 
@@ -202,7 +203,8 @@ class BookSegmModule(pl.LightningModule):
         self.evaluator.update(predictions, list(targets))
         wanted = self.hparams.num_val_images_logged - len(self._val_pictures)
         for image, pred in list(zip(images, predictions))[: max(wanted, 0)]:
-            self._val_pictures.append(draw_prediction(image, pred, self.class_names))
+            self._val_pictures.append(
+                draw_prediction(image, pred, self.class_names, display_threshold(None, self.score_threshold)))
 
     def on_validation_epoch_end(self) -> None:
         metrics = {f"val/{k}": v for k, v in self.evaluator.compute().items()}
@@ -283,8 +285,14 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.step_gamma ** sum(progress >= m for m in cfg.step_milestones)
 
 
+def display_threshold(requested: float | None, calibrated: float | None) -> float:
+    """The score from which detections are shown and counted: the one asked for, else the model's
+    calibrated one (the F1-best of its last validation), else matterport's default."""
+    return next((t for t in (requested, calibrated) if t is not None), DEFAULT_SCORE_THRESHOLD)
+
+
 @torch.no_grad()
-def draw_prediction(image: torch.Tensor, prediction: dict, class_names: list[str], score_threshold: float = 0.5):
+def draw_prediction(image: torch.Tensor, prediction: dict, class_names: list[str], score_threshold: float):
     """One validation image with its confident predicted masks drawn on it (uint8 HWC)."""
     keep = prediction["scores"] >= score_threshold
     picture = (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8)

@@ -37,7 +37,6 @@ def test_composed_model_overrides_reach_the_built_model():
         "model.backbone=resnet18", "model.anchors.sizes=[8,16,32,64,128]", "model.anchors.ratios=[0.25,1]",
         "model.rpn_nms_thresh=0.65", "model.box_batch_size_per_image=48", "model.box_detections_per_img=33",
         "model.image_mean=[0.5,0.5,0.5]", "model.mask_pool_size=7", "model.roi_sampling_ratio=0",
-        "model.roi_canonical_scale=112",
     )
     model = build_maskrcnn(to_dataclass(ModelConfig, cfg.model, "model"), num_classes=2)
     assert model.rpn.anchor_generator.sizes[0] == (8,)
@@ -48,23 +47,10 @@ def test_composed_model_overrides_reach_the_built_model():
     assert model.transform.image_mean == [0.5, 0.5, 0.5]
     assert model.roi_heads.mask_roi_pool.output_size == (7, 7)
     assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 0
-    assert model.roi_heads.box_roi_pool.canonical_scale == model.roi_heads.mask_roi_pool.canonical_scale == 112
-
-
-@pytest.mark.parametrize("canonical_scale, level", [(224, 0), (112, 1), (56, 2)])
-def test_roi_canonical_scale_picks_the_fpn_level_an_roi_pools_from(canonical_scale, level):
-    """A 100x100 RoI in a 256 px image: P2 at the FPN paper's 224 (nearly every book of a 256x192 photo
-    lands there), one level coarser for each halving of the canonical scale."""
-    model = build_maskrcnn(tiny_config(roi_canonical_scale=canonical_scale), num_classes=2)
-    box = torch.tensor([[10.0, 20.0, 110.0, 120.0]])
-    for pooler in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
-        features = {str(i): torch.zeros(1, 4, 64 >> i, 64 >> i) for i in range(4)}  # strides 4..32
-        pooler(features, [box], [(256, 256)])  # sets up the level mapper for this image size
-        assert pooler.map_levels([box]).tolist() == [level]
 
 
 @pytest.mark.parametrize("change", [{}, {"maskness_scoring": True}, {"roi_sampling_ratio": 1},
-                                    {"roi_canonical_scale": 112}, {"fpn_channels": 128}, {"tta_hflip": True}])
+                                    {"fpn_channels": 128}, {"tta_hflip": True}])
 def test_only_torchvisions_own_recipe_counts_as_its_v1_layout(change):
     """export's torchvision-only recipe rebuilds the model with maskrcnn_resnet50_fpn: any other knob value breaks it."""
     assert is_torchvision_v1_layout(ModelConfig(**change)) is (not change)

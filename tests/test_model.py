@@ -265,7 +265,6 @@ def test_the_cpu_profile_knobs_shape_a_narrow_groupnorm_model_that_trains():
     ({"fpn_channels": 0}, "model.fpn_channels must be >= 1"),
     ({"roi_sampling_ratio": -1}, "model.roi_sampling_ratio must be >= 0 (0 = adaptive), got -1"),
     ({"maskness_power": 0.0}, "model.maskness_power must be > 0, got 0.0"),
-    ({"roi_canonical_scale": 0}, "model.roi_canonical_scale must be >= 1, got 0"),
     ({"backbone": "mobilenet_v3_small"}, "model.backbone='mobilenet_v3_small' is unknown"),
 ])
 def test_impossible_profile_knobs_are_named(overrides, message):

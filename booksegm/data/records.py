@@ -133,11 +133,6 @@ class ClassMap:
 BOOK = ClassMap(["book"])  # the default class list: one class, book
 
 
-def as_polygon(xs, ys) -> np.ndarray:
-    """Stack coordinate lists into an (N, 2) float32 array."""
-    return np.stack([np.asarray(xs, dtype=np.float32), np.asarray(ys, dtype=np.float32)], axis=1)
-
-
 def cap_instances(record: ImageRecord, max_instances: int) -> ImageRecord:
     """MAX_GT_INSTANCES: keep the first ``max_instances`` instances of an image, logging a cut."""
     if len(record.instances) <= max_instances:

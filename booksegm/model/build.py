@@ -93,7 +93,6 @@ class ModelConfig:
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision 2; 0 = adaptive, as detectron2)
-    roi_canonical_scale: int = 224  # RoIs of this sqrt(area) pool from P4, each halving one level finer (FPN's 224)
     tta_scales: list[float] = field(default_factory=lambda: [1.0])  # test-time augmentation: image scales, views merged
     tta_hflip: bool = False  # test-time augmentation: each scale also mirrored left-right
 
@@ -114,7 +113,7 @@ class ModelConfig:
             "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test",
             "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test", "box_batch_size_per_image",
             "box_detections_per_img", "pool_size", "mask_pool_size", "fpn_channels", "box_head_dim",
-            "mask_head_convs", "mask_head_channels", "roi_canonical_scale",
+            "mask_head_convs", "mask_head_channels",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -274,11 +273,8 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int, test_time_augmentation: b
 
 def roi_align(cfg: ModelConfig, output_size: int) -> MultiScaleRoIAlign:
     """RoIAlign over the FPN levels P2..P5, as torchvision's Mask R-CNN pools for its box and mask heads:
-    each RoI from the level its size maps to (``roi_canonical_scale`` pools from P4)."""
-    return MultiScaleRoIAlign(
-        ["0", "1", "2", "3"], output_size=output_size, sampling_ratio=cfg.roi_sampling_ratio,
-        canonical_scale=cfg.roi_canonical_scale,
-    )
+    each RoI from the level its size maps to."""
+    return MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=output_size, sampling_ratio=cfg.roi_sampling_ratio)
 
 
 def init_predictors(model: MaskRCNN) -> None:
@@ -294,7 +290,7 @@ def init_predictors(model: MaskRCNN) -> None:
 def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
-            and cfg.roi_sampling_ratio == 2 and cfg.roi_canonical_scale == 224
+            and cfg.roi_sampling_ratio == 2
             and not cfg.maskness_scoring and not cfg.augments_at_test_time()
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 

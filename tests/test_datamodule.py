@@ -15,7 +15,7 @@ from booksegm.config import ConfigError
 from booksegm.data import images as images_module
 from booksegm.data.datamodule import BookDataModule, DataConfig, split_records
 from booksegm.data.dataset import paste_instances
-from booksegm.data.records import ImageRecord
+from booksegm.data.records import AnnotationError, ImageRecord
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.transforms import AugmentConfig
 
@@ -243,3 +243,14 @@ def test_mix_synthetic_needs_a_real_set_and_a_render_folder(tmp_path, overrides)
         setattr(cfg, key, value)
     with pytest.raises(ConfigError, match="mix_synthetic"):
         BookDataModule(cfg)
+
+
+def test_evaluation_reads_a_validation_set_without_training_images(tmp_path):
+    write_via_set(tmp_path, {"a.jpg": BOOK, "b.jpg": BOOK})
+    cfg = DataConfig(format="via", root=str(tmp_path), annotations="no_such_train.json",
+                     val_annotations="via_region_data.json", num_workers=0, resize=ResizeConfig("none", 0, 0))
+    module = BookDataModule(cfg)
+    module.setup("validate")
+    assert sorted(r.file_name for r in module.val_records) == ["a.jpg", "b.jpg"] and not module.train_records
+    with pytest.raises(AnnotationError, match="no_such_train.json"):  # training does need them
+        BookDataModule(cfg).setup("fit")

@@ -137,6 +137,11 @@ class BookDataModule(pl.LightningDataModule):
         # every image is decoded once, as `data check` does, so a broken file is skipped now instead of
         # ending the run mid-epoch; files unchanged since a run decoded them are not decoded again
         checks = ImageChecks(self.cfg.image_check_cache)
+        if stage == "validate" and self.cfg.val_annotations:  # evaluation: a set without training images will do
+            self.val_records = self._load(self.cfg.val_annotations, checks)
+            checks.save()
+            log.info("data: %d validation images", len(self.val_records))
+            return
         records = self._load(self.cfg.annotations, checks)
         if self.cfg.val_annotations:
             self.train_records, self.val_records = records, self._load(self.cfg.val_annotations, checks)

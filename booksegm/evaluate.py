@@ -26,7 +26,7 @@ from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import STAT_NAMES
 from booksegm.evaluation.report import EvaluationReport
 from booksegm.evaluation.visualize import plot_pr_curves
-from booksegm.inference import LoadedModel, load_model, read_settings, select_device
+from booksegm.inference import DEFAULT_MAX_SIDE, LoadedModel, load_model, predict_inputs, read_settings, select_device
 
 SPLITS = ("val", "test")
 
@@ -38,6 +38,7 @@ class EvaluateConfig:
     test_annotations: str | None = None  # split=test: annotations under data.root
     score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE of the per-image figures; null: the checkpoint's calibrated one, else 0.7
     device: str = "auto"
+    max_side: int = DEFAULT_MAX_SIDE  # px: the longest model input; a longer image runs scaled down
 
     def validate(self) -> None:
         if self.split not in SPLITS:
@@ -46,6 +47,8 @@ class EvaluateConfig:
             raise ConfigError("split=test needs test_annotations=FILE (under data.root)")
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
+        if self.max_side < 1:
+            raise ConfigError(f"max_side must be >= 1, got {self.max_side}")
 
 
 def data_config(cfg: DictConfig, loaded: LoadedModel, overrides: list[str]) -> DataConfig:
@@ -72,14 +75,13 @@ def data_config(cfg: DictConfig, loaded: LoadedModel, overrides: list[str]) -> D
 
 
 @torch.no_grad()
-def run_evaluation(loaded: LoadedModel, datamodule: BookDataModule, score_threshold: float) -> EvaluationReport:
+def run_evaluation(loaded: LoadedModel, datamodule: BookDataModule, score_threshold: float,
+                   max_side: int) -> EvaluationReport:
     """The model over every validation image of ``datamodule`` (set up), with a progress bar."""
     names = [record.file_name for record in datamodule.val_records]
     report = EvaluationReport(loaded.class_names, score_threshold)
-    device = next(loaded.model.parameters()).device
     for images, targets in tqdm(datamodule.val_dataloader(), desc="evaluate", unit="batch"):
-        predictions = loaded.model([image.to(device) for image in images])
-        predictions = [{k: v.cpu() for k, v in p.items()} for p in predictions]
+        predictions = predict_inputs(loaded, list(images), max_side)
         report.update(predictions, list(targets), [names[int(t["image_id"])] for t in targets])
     return report
 
@@ -99,7 +101,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict:
         )
     if not datamodule.val_records:
         raise ConfigError(f"no {settings.split} images to evaluate: check data.val_fraction / data.val_annotations")
-    report = run_evaluation(loaded, datamodule, settings.score_threshold)
+    report = run_evaluation(loaded, datamodule, settings.score_threshold, settings.max_side)
 
     out = Path(cfg.paths.output_dir)
     metrics = report.metrics()

@@ -6,10 +6,15 @@
 - :func:`prepare_image` / :func:`restore_detections`: the model never resizes (see
   ``booksegm.model.build.PreResizedTransform``), so a photo is resized as validation resized it,
   and the boxes and masks that come back are mapped onto the photo again.
+- The pixel budget: no caller runs the model on an input longer than ``max_side`` (default
+  :data:`DEFAULT_MAX_SIDE`). A photo that would be is scaled down first, with one log line per
+  photo size, and its detections come back at the photo's own size. Checkpoints trained with
+  ``resize.mode=none`` would otherwise run a 6000x4000 photo at full size: past 11 GB.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -19,6 +24,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torchvision.models.detection import MaskRCNN
@@ -35,6 +41,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPEC_SECTION = "booksegm"  # the exported JSON's section that booksegm itself reads
+# The longest side of any model input, px: torchvision's max_size for its COCO Mask R-CNN, above
+# resize.mode=square's 1024. The CPU model's four views then peak at 4.5 GB whatever the photo's size;
+# at full size a 12 MP photo took 6.7 GB and was still growing (docs/reliability.md).
+DEFAULT_MAX_SIDE = 1333
 
 
 @dataclass
@@ -192,12 +202,33 @@ class Placement:
         return slice(y0, y0 + round(self.height * self.scale[1])), slice(x0, x0 + round(self.width * self.scale[0]))
 
 
-def prepare_image(image: np.ndarray, resize: ResizeConfig) -> tuple[torch.Tensor, Placement]:
-    """An (H, W, 3) uint8 photo -> the model's (3, h, w) float input, sized as in validation."""
+def capped_size(height: int, width: int, max_side: int) -> tuple[int, int] | None:
+    """(height, width) scaled down so the longest side is ``max_side``; None when it fits already."""
+    longest = max(height, width)
+    if longest <= max_side:
+        return None
+    return max(1, round(height * max_side / longest)), max(1, round(width * max_side / longest))
+
+
+@functools.cache  # once per size: the frames of a video would repeat it
+def note_scaled_down(size: tuple[int, int], capped: tuple[int, int], max_side: int) -> None:
+    log.info("a %dx%d model input runs at %dx%d (max_side=%d bounds memory); detections come back at the "
+             "photo's own size", size[1], size[0], capped[1], capped[0], max_side)
+
+
+def prepare_image(image: np.ndarray, resize: ResizeConfig,
+                  max_side: int = DEFAULT_MAX_SIDE) -> tuple[torch.Tensor, Placement]:
+    """An (H, W, 3) uint8 photo -> the model's (3, h, w) float input, sized as in validation, then
+    scaled down to ``max_side`` if longer."""
     height, width = image.shape[:2]
     # The photo's corners, moved by the same resize as its pixels, give the exact map between them.
     corners = np.array([[0, 0], [width, height]], dtype=np.float32)
     resized, (moved,), _ = resize_image_and_polygons(image, [corners], resize)
+    capped = capped_size(*resized.shape[:2], max_side)
+    if capped is not None:
+        note_scaled_down(resized.shape[:2], capped, max_side)
+        moved = moved * np.array([capped[1] / resized.shape[1], capped[0] / resized.shape[0]], dtype=np.float32)
+        resized = cv2.resize(resized, (capped[1], capped[0]), interpolation=cv2.INTER_AREA)
     scale = (moved[1] - moved[0]) / corners[1]
     placement = Placement(height, width, (float(scale[0]), float(scale[1])), (float(moved[0, 0]), float(moved[0, 1])))
     return to_tensor(resized), placement
@@ -240,9 +271,39 @@ def restore_detections(
 
 
 @torch.no_grad()
-def predict_images(loaded: LoadedModel, images: list[np.ndarray], resize: ResizeConfig) -> list[Detections]:
+def predict_images(loaded: LoadedModel, images: list[np.ndarray], resize: ResizeConfig,
+                   max_side: int = DEFAULT_MAX_SIDE) -> list[Detections]:
     """Detections on each photo of a batch (RGB uint8), resized for the model and mapped back."""
     device = next(loaded.model.parameters()).device
-    prepared = [prepare_image(image, resize) for image in images]
+    prepared = [prepare_image(image, resize, max_side) for image in images]
     outputs = loaded.model([tensor.to(device) for tensor, _ in prepared])
     return [restore_detections(output, placement) for output, (_, placement) in zip(outputs, prepared, strict=True)]
+
+
+@torch.no_grad()
+def predict_inputs(loaded: LoadedModel, images: list[torch.Tensor],
+                   max_side: int = DEFAULT_MAX_SIDE) -> list[dict[str, torch.Tensor]]:
+    """The model's outputs (torchvision's format, on the CPU) for (3, H, W) inputs already sized as
+    validation sized them, as evaluate feeds them; an input longer than ``max_side`` runs scaled down
+    and its boxes and masks (then boolean) come back in its own frame."""
+    device = next(loaded.model.parameters()).device
+    inputs, placements = [], []
+    for image in images:
+        height, width = image.shape[-2:]
+        capped = capped_size(height, width, max_side)
+        placement = None
+        if capped is not None:
+            note_scaled_down((height, width), capped, max_side)
+            image = F.interpolate(image[None], size=capped, mode="bilinear", antialias=True, align_corners=False)[0]
+            placement = Placement(height, width, (capped[1] / width, capped[0] / height), (0.0, 0.0))
+        inputs.append(image.to(device))
+        placements.append(placement)
+    results = []
+    for output, placement in zip(loaded.model(inputs), placements, strict=True):
+        output = {k: v.cpu() for k, v in output.items()}
+        if placement is not None:
+            restored = restore_detections(output, placement)
+            output = {"boxes": torch.from_numpy(restored.boxes), "scores": torch.from_numpy(restored.scores),
+                      "labels": torch.from_numpy(restored.labels), "masks": torch.from_numpy(restored.masks)[:, None]}
+        results.append(output)
+    return results

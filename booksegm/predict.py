@@ -49,6 +49,7 @@ from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import encode_masks
 from booksegm.evaluation.visualize import color_splash, draw_instances
 from booksegm.inference import (
+    DEFAULT_MAX_SIDE,
     Detections,
     LoadedModel,
     load_model,
@@ -80,6 +81,7 @@ class PredictConfig:
     batch_size: int = 1  # IMAGES_PER_GPU
     device: str = "auto"
     resize: ResizeConfig | None = None  # null: as the checkpoint's validation
+    max_side: int = DEFAULT_MAX_SIDE  # px: the longest model input; a longer photo is scaled down first
     polygon_tolerance: float = 1.0  # px, cv2.approxPolyDP epsilon for VIA polygons
     overwrite: bool = False  # a non-empty output_dir: refused, or (true) predict's earlier outputs in it deleted
 
@@ -89,8 +91,8 @@ class PredictConfig:
             raise ConfigError(f"formats={self.formats}: choose from {list(FORMATS)}")
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
-        if self.max_detections < 1 or self.batch_size < 1 or self.polygon_tolerance < 0:
-            raise ConfigError("max_detections and batch_size must be >= 1, polygon_tolerance >= 0")
+        if self.max_detections < 1 or self.batch_size < 1 or self.max_side < 1 or self.polygon_tolerance < 0:
+            raise ConfigError("max_detections, batch_size and max_side must be >= 1, polygon_tolerance >= 0")
         if self.resize is not None:
             self.resize.validate(training=False)
 
@@ -197,12 +199,13 @@ def save_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path)  # PIL: non-ASCII paths work everywhere (cv2.imwrite's do not on Windows)
 
 
-def predict_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, batch_size: int,
+def predict_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, settings: PredictConfig,
                    outputs: PhotoOutputs, summary: PredictSummary) -> None:
     batch: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> None:
-        for (path, image), detections in zip(batch, predict_images(loaded, [im for _, im in batch], resize)):
+        images = [image for _, image in batch]
+        for (path, image), detections in zip(batch, predict_images(loaded, images, resize, settings.max_side)):
             outputs.add(path, image, detections)
             summary.images += 1
             summary.detections += len(detections)
@@ -214,7 +217,7 @@ def predict_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig
         except ImageReadError as err:
             log.warning("skipping %s", err)
             summary.skipped.append(str(err))
-        if len(batch) == batch_size:
+        if len(batch) == settings.batch_size:
             flush()
     if batch:
         flush()
@@ -231,7 +234,7 @@ def predict_video(loaded: LoadedModel, path: Path, name: Path, settings: Predict
     progress = tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc=path.name, unit="frame")
     try:
         while batch := [f for f in (read_frame(capture) for _ in range(settings.batch_size)) if f is not None]:
-            for image, detections in zip(batch, predict_images(loaded, batch, resize)):
+            for image, detections in zip(batch, predict_images(loaded, batch, resize, settings.max_side)):
                 for kind in kinds:
                     if kind not in writers:
                         video = Path(settings.output_dir) / OUTPUTS[kind] / name.with_suffix(".mp4")
@@ -314,7 +317,7 @@ def predict(settings: PredictConfig) -> PredictSummary:
         remove_earlier_outputs(out)  # now that the model loaded: a failed start leaves them
     summary = PredictSummary()
     outputs = PhotoOutputs(out, root, settings.formats, loaded.class_names, settings.polygon_tolerance)
-    predict_photos(loaded, photos, resize, settings.batch_size, outputs, summary)
+    predict_photos(loaded, photos, resize, settings, outputs, summary)
     if videos and not set(VIDEO_FORMATS) & set(settings.formats):
         log.warning("%d video(s) not processed: videos are written as %s only", len(videos), list(VIDEO_FORMATS))
     elif videos:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from booksegm.inference import (
     LoadedModel,
     load_model,
     predict_images,
+    predict_inputs,
     prepare_image,
     restore_detections,
     set_detection_limits,
@@ -133,6 +135,51 @@ def test_predict_writes_every_format_for_a_folder(weights, photos, score_thresho
     assert all(r.path.is_file() for r in via.records)
 
 
+# Peak RSS of the child below, 2026-12-03 on a 2-core AMD EPYC: 2.4 GB (1.3 GB of it imports and
+# model) with the model input capped at 1333 px; run at full size it held 6.9 GB after 99 s, when
+# its next 1.5 GB allocation met the address-space limit.
+PEAK_RSS_LIMIT_GB = 3.0
+ADDRESS_SPACE_LIMIT = 10 << 30  # the child's: an unbounded run stops there, not at the machine's memory
+MEASURE_PREDICT = """
+import logging, resource, sys
+from booksegm.predict import PredictConfig, predict
+logging.basicConfig(level=logging.INFO)
+predict(PredictConfig(ckpt_path=sys.argv[1], input=sys.argv[2], output_dir=sys.argv[3], formats=["overlay", "coco"],
+                      score_threshold=0.0, device="cpu"))
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow  # about 40 s: a 24 MP JPEG written and read, the tiny model on 1333 x 889
+def test_a_24_megapixel_photo_runs_within_the_memory_budget_and_comes_back_at_its_size(tmp_path):
+    """A model that validated without resizing (resize.mode=none) sees a 6000 x 4000 photo at
+    max_side, not at full size; the overlay and the masks are at the photo's size."""
+    torch.manual_seed(0)
+    as_given = ResizeConfig(mode="none")
+    write_state_dict(LoadedModel(build_maskrcnn(TINY_MODEL, num_classes=2).eval(), ["book"], TINY_MODEL, as_given,
+                                 None, Path()), tmp_path / "none.pth")
+    scene = render_scene(np.random.default_rng(1), 300, 200)[0]
+    Image.fromarray(cv2.resize(scene, (6000, 4000), interpolation=cv2.INTER_LINEAR)).save(tmp_path / "big.jpg")
+    del scene
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_PREDICT, str(tmp_path / "none.pth"), str(tmp_path / "big.jpg"),
+         str(tmp_path / "out")], capture_output=True, text=True, timeout=600, preexec_fn=limit_memory,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak_gb = int(result.stdout.split("peak_rss_kb")[1]) / 2**20
+    assert peak_gb < PEAK_RSS_LIMIT_GB, f"peak RSS {peak_gb:.2f} GB"
+    assert "a 6000x4000 model input runs at 1333x889 (max_side=1333" in result.stderr
+    assert Image.open(tmp_path / "out" / "overlay" / "big.png").size == (6000, 4000)
+    coco = COCO(str(tmp_path / "out" / "predictions_coco.json"))
+    assert (coco.dataset["images"][0]["width"], coco.dataset["images"][0]["height"]) == (6000, 4000)
+    annotations = coco.dataset["annotations"]
+    assert annotations and all(a["segmentation"]["size"] == [4000, 6000] for a in annotations)
+
+
 def test_via_and_coco_outputs_reread_with_the_same_instances(tmp_path):
     """Hand-made detections through the writers and booksegm's own readers."""
     height, width = 90, 120
@@ -176,6 +223,43 @@ def test_detections_map_back_onto_the_photo():
     np.testing.assert_allclose(restored.boxes[0], [40, 20, 120, 60], atol=1e-4)
     assert restored.masks.shape == (1, 100, 200)
     assert mask_ious(restored.masks, photo_mask[None] > 0)[0, 0] > 0.95
+
+
+class EchoModel(torch.nn.Module):
+    """Stands in for the model: one detection per input, its box the input's top-left quarter and
+    its mask the input's first channel; records the input sizes it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # a device to read
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        self.sizes += [tuple(image.shape[-2:]) for image in images]
+        return [{"boxes": torch.tensor([[0.0, 0.0, image.shape[2] / 2, image.shape[1] / 2]]),
+                 "scores": torch.tensor([0.9]), "labels": torch.tensor([1]), "masks": image[:1][None]}
+                for image in images]
+
+
+def test_an_input_over_max_side_runs_scaled_down_and_its_detections_come_back_at_its_size(caplog):
+    """predict (photos) and evaluate (inputs sized as validation sized them) alike."""
+    loaded = LoadedModel(EchoModel(), ["book"], TINY_MODEL, ResizeConfig(mode="none"), None, Path())
+    photo = np.zeros((100, 200, 3), np.uint8)
+    photo[20:60, 40:120] = 255
+    with caplog.at_level("INFO", logger="booksegm.inference"):
+        (detections,) = predict_images(loaded, [photo], ResizeConfig(mode="none"), max_side=80)
+    assert loaded.model.sizes == [(40, 80)] and "a 200x100 model input runs at 80x40 (max_side=80" in caplog.text
+    np.testing.assert_allclose(detections.boxes[0], [0, 0, 100, 50], atol=1e-4)
+    assert detections.masks.shape == (1, 100, 200) and mask_ious(detections.masks, photo[None, ..., 0] > 0)[0, 0] > 0.95
+
+    image = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
+    small = torch.rand(3, 30, 40)
+    capped, as_given = predict_inputs(loaded, [image, small], max_side=80)
+    assert loaded.model.sizes[1:] == [(40, 80), (30, 40)]
+    np.testing.assert_allclose(capped["boxes"][0], [0, 0, 100, 50], atol=1e-4)
+    assert capped["masks"].shape == (1, 1, 100, 200)
+    assert mask_ious(capped["masks"][:, 0].numpy(), photo[None, ..., 0] > 0)[0, 0] > 0.95
+    assert torch.equal(as_given["masks"], small[:1][None])  # within the budget: the model's own output
 
 
 def test_video_is_written_back_frame_by_frame(weights, tmp_path):

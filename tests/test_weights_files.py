@@ -4,6 +4,7 @@ plain values (``torch.load(weights_only=True)``)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,6 +24,13 @@ from booksegm.train import train
 
 class Custom:
     """A class of this test module: unpickling it would import and run code outside torch."""
+
+
+class RunsCommand:
+    """Unpickled, it would run a shell command: os.system, whose module torch blocks outright."""
+
+    def __reduce__(self):
+        return os.system, ("echo unpickled",)
 
 
 def checkpoint_bytes(path: Path) -> bytes:
@@ -56,6 +64,8 @@ CASES = {
     "torchscript": (write_torchscript, "a TorchScript export"),
     "custom_class": (lambda p: torch.save({"state_dict": {}, "hyper_parameters": Custom()}, p),
                      "refused: loading it would execute arbitrary code"),
+    "os_system": (lambda p: torch.save({"state_dict": {}, "hyper_parameters": RunsCommand()}, p),
+                  f"refused: loading it would execute arbitrary code (it pickles {os.system.__module__}.system"),
 }
 
 

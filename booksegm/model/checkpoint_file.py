@@ -14,7 +14,9 @@ from booksegm.errors import UserError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since torch 1.6)
 TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})  # what `file` counts as text
-UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch's name for a class it will not unpickle
+# torch's words for a class or function it will not unpickle: one it does not allow, or one of a module
+# it blocks outright (os.system: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked")
+UNSAFE_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)")
 MODEL_FILES = "booksegm reads a Lightning .ckpt or an exported state dict .pth"
 
 

@@ -104,23 +104,25 @@ class PredictSummary:
     videos: int = 0
     frames: int = 0
     skipped: list[str] = field(default_factory=list)  # one message per unreadable file
+    ignored: list[str] = field(default_factory=list)  # files of the input folder neither photo nor video, by suffix
 
 
-def find_inputs(path: Path) -> tuple[Path, list[Path], list[Path]]:
-    """(the folder names are relative to, photos, videos) for a file or a folder tree."""
+def find_inputs(path: Path) -> tuple[Path, list[Path], list[Path], list[Path]]:
+    """(the folder names are relative to, photos, videos, the other files) for a file or a folder tree."""
     if not path.exists():
         raise ConfigError(f"input={path}: no such file or folder")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
             raise ConfigError(f"input={path}: not an image or video ({sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)})")
-        return path.parent, [path] * (suffix in IMAGE_SUFFIXES), [path] * (suffix in VIDEO_SUFFIXES)
+        return path.parent, [path] * (suffix in IMAGE_SUFFIXES), [path] * (suffix in VIDEO_SUFFIXES), []
     files = sorted(p for p in path.rglob("*") if p.is_file())
     photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     if not photos and not videos:
         raise ConfigError(f"input={path}: no images or videos in this folder or below it")
-    return path, photos, videos
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    return path, photos, videos, others
 
 
 def render(kind: str, image: np.ndarray, detections: Detections, class_names: list[str]) -> np.ndarray:
@@ -301,7 +303,10 @@ def predict(settings: PredictConfig) -> PredictSummary:
     out = Path(settings.output_dir)
     check_output_dir(out, settings.overwrite)
     start = time.perf_counter()
-    root, photos, videos = find_inputs(Path(settings.input).expanduser())
+    root, photos, videos, others = find_inputs(Path(settings.input).expanduser())
+    ignored = [p.relative_to(root).as_posix() for p in others]
+    if ignored:
+        log.warning("ignoring %s", describe_ignored(ignored))
     loaded = load_model(settings.ckpt_path, select_device(settings.device))
     resize = settings.resize or loaded.resize
     if resize is None:
@@ -315,7 +320,7 @@ def predict(settings: PredictConfig) -> PredictSummary:
     set_detection_limits(loaded.model, threshold, settings.max_detections)
     if settings.overwrite:
         remove_earlier_outputs(out)  # now that the model loaded: a failed start leaves them
-    summary = PredictSummary()
+    summary = PredictSummary(ignored=ignored)
     outputs = PhotoOutputs(out, root, settings.formats, loaded.class_names, settings.polygon_tolerance)
     predict_photos(loaded, photos, resize, settings, outputs, summary)
     if videos and not set(VIDEO_FORMATS) & set(settings.formats):
@@ -335,8 +340,16 @@ def report(summary: PredictSummary, out: Path, seconds: float) -> str:
     if summary.skipped:
         lines.append(f"skipped {len(summary.skipped)} unreadable file(s):")
         lines += [f"  {message}" for message in summary.skipped]
+    if summary.ignored:
+        lines.append(f"ignored {describe_ignored(summary.ignored)}")
     lines.append(f"outputs in {out}")
     return "\n".join(lines)
+
+
+def describe_ignored(names: list[str], shown: int = 5) -> str:
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} file(s) that are neither images nor videos ({suffixes}): {', '.join(names[:shown])}{more}"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://booksegm.conf", config_name="predict")

@@ -110,6 +110,9 @@ def test_predict_writes_every_format_for_a_folder(weights, photos, score_thresho
     assert len(summary.skipped) == 1 and "broken.jpg: cannot decode" in summary.skipped[0]
     printed = capsys.readouterr().out
     assert "predicted 2 images" in printed and "skipped 1 unreadable file(s)" in printed and "broken.jpg" in printed
+    assert summary.ignored == ["notes.txt"]
+    assert "ignored 1 file(s) that are neither images nor videos (.avi, " in printed and printed.endswith(
+        "): notes.txt\noutputs in " + str(out) + "\n")
 
     names = {"scene": (128, 96), "sub/grey": (96, 96)}  # upright (width, height)
     for name, size in names.items():

@@ -100,12 +100,24 @@ class ExportConfig:
         return ckpt.with_name(ckpt.stem + FORMATS[self.format])
 
     def check_output(self) -> None:
-        """Refuse to replace a file (before any work), unless told to overwrite."""
+        """Refuse to replace a file (before any work), unless told to overwrite; never the model being
+        exported, overwrite or not (a checkpoint replaced by its state dict no longer resumes)."""
         output = self.output_path()
         written = [output, spec_path(output)] if self.format == "state_dict" else [output]
+        source = Path(self.ckpt_path).expanduser() if self.ckpt_path else None
         for path in written:
+            if source is not None and same_file(path, source):
+                raise ConfigError(f"output={path} is the model being exported (ckpt_path={self.ckpt_path}): "
+                                  "give another output=; overwrite=true never replaces the input")
             if path.exists() and not self.overwrite:
                 raise ConfigError(f"{path} exists: give another output=, or overwrite=true to replace it")
+
+
+def same_file(path: Path, other: Path) -> bool:
+    """The same file, whether named through a link, a relative path or not yet written."""
+    if path.exists() and other.exists():
+        return path.samefile(other)
+    return path.resolve() == other.resolve()
 
 
 # -- writing ----------------------------------------------------------------------------------

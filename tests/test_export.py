@@ -215,6 +215,21 @@ def test_an_existing_output_is_refused_before_the_model_is_loaded(existing, tmp_
     assert (tmp_path / existing).read_text() == "earlier"
 
 
+@pytest.mark.parametrize("ckpt, output", [
+    ("m.ckpt", "m.ckpt"),  # a Lightning checkpoint replaced by its state dict would no longer resume
+    ("m.pth", None),  # a state dict's default output is itself
+    ("m.ckpt", "link.ckpt"),  # the same file through a link
+])
+def test_export_never_writes_over_the_model_it_exports(ckpt, output, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ckpt).write_bytes(b"the model")
+    (tmp_path / "link.ckpt").symlink_to(tmp_path / ckpt)
+    with pytest.raises(ConfigError, match=r"is the model being exported .*overwrite=true never replaces the input"):
+        # refused before the model is loaded: the file need not even be one
+        export(ExportConfig(ckpt_path=str(tmp_path / ckpt), format="state_dict", output=output, overwrite=True))
+    assert (tmp_path / ckpt).read_bytes() == b"the model"
+
+
 def test_overwrite_replaces_an_existing_output(checkpoint, tmp_path):
     output = tmp_path / "books.pth"
     output.write_text("earlier")

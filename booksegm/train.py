@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from booksegm.config import as_plain, to_dataclass
+from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
 from booksegm.model.checkpoint_file import read_torch_file
@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> dict:
         note_resumed_run(Path(cfg.paths.output_dir))
     elif (weights := weights_file(str(cfg.model.weights), Path(cfg.paths.log_dir))) is not None:
         read_state_dict(weights)  # a bad model.weights file fails now too, before data and model
+    check_run_length(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     staging = build_staging(module, datamodule)
@@ -88,6 +89,22 @@ def train(cfg: DictConfig) -> dict:
     (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
     report(trainer, metrics, cfg)
     return summary
+
+
+def check_run_length(cfg: DictConfig) -> None:
+    """A run needs an end (train.stages set their own): the LR schedule runs to it, and its last epoch
+    validates and writes the checkpoints. Lightning's -1 (endless) ended in an OverflowError of the
+    schedule, and 0 exited without a checkpoint."""
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    if cfg.train.get("stages") or epochs is None or epochs >= 1:
+        return
+    if epochs == -1 and steps is not None and steps >= 1:
+        return
+    if epochs == -1:
+        raise ConfigError("trainer.max_epochs=-1 trains without end, but the learning-rate schedule needs one: "
+                          "give trainer.max_epochs >= 1, or +trainer.max_steps=N with it")
+    raise ConfigError(f"trainer.max_epochs must be >= 1, got {epochs}: the run would train nothing and save "
+                      "no checkpoint")
 
 
 def build_staging(module: BookSegmModule, datamodule: BookDataModule) -> StagedTraining | None:

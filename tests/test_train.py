@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from support import EXPERIMENTS, compose_config, run_train, tiny_config
+from support import EXPERIMENTS, TINY, compose_config, run_train, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from booksegm.config import to_dataclass
+from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.datamodule import DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.module import BookSegmModule
+from booksegm.train import check_run_length, train
 
 def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tiny_run):
     result = tiny_run.result
@@ -99,6 +100,23 @@ def test_an_unknown_config_key_is_named(tmp_path):
     result = run_train(tmp_path, "+model.anchor_sizes=[16]")
     assert result.returncode != 0
     assert "anchor_sizes" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("epochs, message", [
+    (-1, "trainer.max_epochs=-1 trains without end, but the learning-rate schedule needs one"),
+    (0, "trainer.max_epochs must be >= 1, got 0: the run would train nothing"),
+])
+def test_a_run_without_an_end_or_without_epochs_fails_in_one_line_before_the_data(epochs, message, tmp_path,
+                                                                                  monkeypatch):
+    """-1 ended in an OverflowError traceback from the LR schedule; 0 exited 0 without a checkpoint."""
+    monkeypatch.setenv("BOOKSEGM_ROOT", str(tmp_path))
+    monkeypatch.setenv("BOOKSEGM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=message):
+        train(compose_config(*TINY, f"trainer.max_epochs={epochs}"))
+    assert not (tmp_path / "cache").exists()  # the synthetic set was not even rendered
+    check_run_length(compose_config(*TINY, f"trainer.max_epochs={epochs}", "train.stages=[{layers: all, epochs: 1}]"))
+    if epochs == -1:
+        check_run_length(compose_config(*TINY, "trainer.max_epochs=-1", "+trainer.max_steps=3"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -12,7 +12,7 @@ the section's base YAML lists the same keys and values, with a one-line comment 
   conf/predict.yaml           PredictConfig, booksegm/predict.py
   conf/evaluate.yaml          EvaluateConfig, booksegm/evaluate.py
   conf/export.yaml            ExportConfig, booksegm/export.py
-  conf/callbacks/default.yaml EMAWeights' arguments, booksegm/model/ema.py
+  conf/callbacks/default.yaml EMAWeights' and ModelInALine's arguments, booksegm/model/ema.py, summary.py
 
 A YAML value may differ only where the dataclass cannot hold it: a required value (``???``,
 a field without a default) or an interpolation such as ``${paths.cache_dir}``. The other YAMLs

@@ -51,6 +51,15 @@ def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tiny_run
     assert (tiny_run.root / "cache").is_dir()
 
 
+def test_the_first_screen_shows_the_model_in_a_line_and_its_layers_only_in_the_log_file(tiny_run):
+    printed = tiny_run.result.stdout + tiny_run.result.stderr
+    noise = ["FLOPs", "LeafSpec", "Tip:", "| Name", "┏"]  # Lightning's summary, a torch warning from Lightning, its adverts
+    assert not [line for line in printed.splitlines() if any(n in line for n in noise)]
+    assert re.search(r"model: TTAMaskRCNN, [\d.]+ M parameters \([\d.]+ M trainable\)", printed)
+    log_file = (tiny_run.folder / "train.log").read_text()
+    assert "model.backbone  | BackboneWithFPN" in log_file and "FLOPs" not in log_file
+
+
 def test_a_bad_config_value_fails_in_one_line_before_training(tmp_path):
     result = run_train(tmp_path, "model.anchors.sizes=[16,32]")
     assert result.returncode != 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +98,12 @@ class BookSegmModule(pl.LightningModule):
         self._last_finite_losses: dict[str, torch.Tensor] = {}
         self._batch_threads: BatchThreads | None = None  # set for a CPU fit with train.batch_threads > 1
         self._share_losses: list[torch.Tensor] = []  # this step's per-share losses, for backward
+
+    def setup(self, stage: str) -> None:
+        # Lightning 2.6's pytree helper builds torch's deprecated LeafSpec as it trains: a FutureWarning
+        # about Lightning's code, on every run's first screen, that no user can act on
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
 
     def on_train_start(self) -> None:
         threads = self.optim_cfg.batch_threads

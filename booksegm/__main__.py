@@ -25,6 +25,7 @@ COMMANDS = {  # command: (module, one line of help)
     "anchors": ("booksegm.anchors", "suggest anchor sizes and ratios from the boxes of an annotation file"),
     "bench": ("booksegm.bench", "speed against a plain torchvision loop; bench accuracy|curves: recipes side by side"),
     "sweep-report": ("booksegm.sweep_report", "rank the jobs of a Hydra multirun by validation mask AP"),
+    "weights": ("booksegm.weights", "the models bundled in the package: recipe, data, figures, sha256"),
 }
 
 

@@ -33,7 +33,7 @@ SPLITS = ("val", "test")
 
 @dataclass
 class EvaluateConfig:
-    ckpt_path: str
+    ckpt_path: str | None = None  # null: the bundled books model
     split: str = "val"  # val | test
     test_annotations: str | None = None  # split=test: annotations under data.root
     score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE of the per-image figures; null: the checkpoint's calibrated one, else 0.7

@@ -51,6 +51,7 @@ from booksegm.inference import (
     spec_path,
 )
 from booksegm.model.build import is_torchvision_v1_layout
+from booksegm.model.bundled import bundled_folder, model_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ Detector = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # (3, H, W) image 
 
 @dataclass
 class ExportConfig:
-    ckpt_path: str
+    ckpt_path: str | None = None  # null: the bundled books model
     format: str = "onnx"
     output: str | None = None  # null: next to the checkpoint
     overwrite: bool = False  # an existing output: refused, or (true) replaced
@@ -96,7 +97,9 @@ class ExportConfig:
     def output_path(self) -> Path:
         if self.output:
             return Path(self.output).expanduser()
-        ckpt = Path(self.ckpt_path).expanduser()
+        ckpt = model_file(self.ckpt_path)
+        if ckpt.parent == bundled_folder():  # never into the installed package: the current folder
+            return Path(ckpt.stem + FORMATS[self.format])
         return ckpt.with_name(ckpt.stem + FORMATS[self.format])
 
     def check_output(self) -> None:

@@ -32,7 +32,8 @@ from torchvision.models.detection import MaskRCNN
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.dataset import to_tensor
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
-from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.model.build import ModelConfig, build_maskrcnn, without_retired_keys
+from booksegm.model.bundled import model_file
 from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
 from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY, display_threshold
 from booksegm.model.tta import TTAMaskRCNN
@@ -97,11 +98,12 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu",
+def load_model(path: str | Path | None, device: str | torch.device = "cpu",
                test_time_augmentation: bool = True) -> LoadedModel:
-    """The model stored at ``path`` (Lightning checkpoint or exported state dict), in eval mode;
-    one view of each image, whatever ``model.tta_*`` say, without ``test_time_augmentation``."""
-    path = Path(path).expanduser()
+    """The model stored at ``path`` (Lightning checkpoint or exported state dict; a bundled model's
+    name, or None for the default bundled model), in eval mode; one view of each image, whatever
+    ``model.tta_*`` say, without ``test_time_augmentation``."""
+    path = model_file(path)
     data = read_torch_file(path)
     if "state_dict" in data and "hyper_parameters" in data:  # a Lightning checkpoint
         hparams = data["hyper_parameters"]
@@ -115,7 +117,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         resize = to_dataclass(ResizeConfig, spec["resize"], f"{path}: resize") if spec.get("resize") else None
     if not isinstance(spec.get("model"), dict) or not spec.get("class_names"):
         raise CheckpointError(f"{path}: no model config or class names in it; was it written by booksegm?")
-    model_cfg = to_dataclass(ModelConfig, spec["model"], f"{path}: model")
+    model_cfg = to_dataclass(ModelConfig, without_retired_keys(spec["model"], str(path)), f"{path}: model")
     model = build_maskrcnn(model_cfg, 1 + len(spec["class_names"]), test_time_augmentation)
     try:
         model.load_state_dict(state)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +73,9 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 @dataclass
 class PredictConfig:
-    ckpt_path: str
     input: str
     output_dir: str
+    ckpt_path: str | None = None  # null: the bundled books model
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE; null: the checkpoint's calibrated one, else 0.7
     max_detections: int = 100  # DETECTION_MAX_INSTANCES
@@ -358,5 +359,14 @@ def main(cfg: DictConfig) -> None:
         predict(read_settings(PredictConfig, cfg))
 
 
+def with_input_override(argv: list[str]) -> list[str]:
+    """``booksegm predict shelf.jpg ...``: a first argument that is neither a flag nor an override is
+    the ``input``."""
+    if len(argv) > 1 and not argv[1].startswith("-") and "=" not in argv[1]:
+        return [argv[0], f"input={argv[1]}", *argv[2:]]
+    return argv
+
+
 if __name__ == "__main__":
+    sys.argv = with_input_override(sys.argv)
     main()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.error
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn
 
 from booksegm.config import ConfigError
 from booksegm.model.checkpoint_file import CheckpointError
-from booksegm.inference import set_detection_limits
+from booksegm.inference import load_model, set_detection_limits
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, rescore_by_maskness
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.module import DEFAULT_SCORE_THRESHOLD
@@ -297,3 +299,16 @@ def test_validation_pictures_show_detections_from_the_score_predict_would_use(mo
     module.validation_step((images, [{**t, "image_id": i} for i, t in enumerate(targets)]), 0)
     assert thresholds == [drawn_from, drawn_from]
     assert DEFAULT_SCORE_THRESHOLD == 0.7  # the value conf/predict.yaml and conf/evaluate.yaml promise
+
+
+@pytest.mark.parametrize("value, loads", [(224, True), (112, False)])
+def test_a_checkpoint_saved_with_a_retired_knob_loads_when_it_held_the_value_now_built_in(tmp_path, value, loads):
+    cfg = tiny_config()
+    torch.save(build_maskrcnn(cfg, 2).state_dict(), tmp_path / "m.pth")
+    spec = {"model": {**asdict(cfg), "roi_canonical_scale": value}, "class_names": ["book"], "resize": None}
+    (tmp_path / "m.json").write_text(json.dumps({"booksegm": spec}))
+    if loads:
+        assert load_model(tmp_path / "m.pth").class_names == ["book"]
+    else:
+        with pytest.raises(ConfigError, match="trained with roi_canonical_scale=112"):
+            load_model(tmp_path / "m.pth")

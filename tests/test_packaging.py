@@ -11,11 +11,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from support import TORCH_THREADS
 
 from booksegm.__main__ import COMMANDS
+from booksegm.data.synthetic import render_scene
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +76,9 @@ def test_the_wheel_ships_every_module_and_config(src, wheel):
     configs = {"booksegm/" + p.relative_to(src).as_posix() for p in (src / "conf").rglob("*.yaml")}
     assert modules - names == set(), "add the package to [tool.setuptools] packages in pyproject.toml"
     assert configs - names == set(), "add the config group to [tool.setuptools] packages in pyproject.toml"
+    bundled = {"booksegm/" + p.relative_to(src / "booksegm").as_posix() for p in (src / "booksegm" / "bundled").iterdir()}
+    assert {"booksegm/bundled/books.pth", "booksegm/bundled/books.json"} <= bundled
+    assert bundled - names == set(), "add the bundled files to [tool.setuptools] package-data in pyproject.toml"
 
 
 def test_the_installed_wheel_trains_from_an_empty_folder(venv, tmp_path):
@@ -112,7 +118,18 @@ def test_booksegm_help_lists_every_command_in_one_line_each(venv, tmp_path):
     assert result.returncode == 0, result.stderr
     listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
     assert listed == list(COMMANDS)
-    assert set(COMMANDS) == {"train", "evaluate", "predict", "export", "data", "anchors", "bench", "sweep-report"}
+    assert set(COMMANDS) == {"train", "evaluate", "predict", "export", "data", "anchors", "bench", "sweep-report",
+                             "weights"}
+
+
+def test_the_installed_wheel_predicts_with_its_bundled_model_and_lists_it(venv, tmp_path):
+    Image.fromarray(render_scene(np.random.default_rng(3), 384, 288)[0]).save(tmp_path / "shelf.jpg")
+    result = run([venv / "bin" / "booksegm", "predict", "shelf.jpg", "output_dir=pred"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "using the bundled 'books' model" in result.stdout + result.stderr
+    assert (tmp_path / "pred" / "overlay").is_dir() and (tmp_path / "pred" / "predictions_coco.json").is_file()
+    listed = run([venv / "bin" / "booksegm", "weights"], tmp_path)
+    assert listed.returncode == 0 and "(matches its card)" in listed.stdout, listed.stdout + listed.stderr
 
 
 def test_an_unknown_command_is_one_line_and_exit_2(venv, tmp_path):

@@ -41,6 +41,9 @@ BACKBONES = {
 }
 RESNET_STAGES = ("3+", "4+", "5+")  # staged-training layer groups that name ResNet stages
 V2_LAYOUTS = {"resnet50_v2"}  # BatchNorm in FPN and heads, 2-conv RPN head, 4-conv + 1-FC box head
+# Knobs that are gone, with the one value the code now always uses: a checkpoint that saved that
+# value still loads; one trained with another cannot be rebuilt as it was.
+RETIRED_KEYS = {"roi_canonical_scale": 224}
 FPN_LEVELS = 5  # P2..P5 plus the max-pooled P6, as in maskrcnn_resnet50_fpn
 NORMS = ("batch", "group")
 
@@ -67,7 +70,7 @@ class AnchorConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50"  # BACKBONE; resnet50_v2 = torchvision's maskrcnn_resnet50_fpn_v2 layout
-    weights: str = "none"  # none | coco | imagenet | last | <path to .pth/.ckpt>
+    weights: str = "none"  # none | coco | imagenet | last | books (bundled) | <path to .pth/.ckpt>
     train_bn: bool = False  # TRAIN_BN: BatchNorm trained (True) or frozen (False); from scratch it is always trained
     norm: str = "batch"  # batch: torchvision's layout (COCO/ImageNet-loadable) | group: GroupNorm everywhere (from scratch)
     fpn_channels: int = 256  # TOP_DOWN_PYRAMID_SIZE: FPN width, shared by the RPN and the RoI heads
@@ -207,6 +210,14 @@ def build_backbone(cfg: ModelConfig) -> BackboneWithFPN:
         return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
         in_channels = [stage_channels * 2**i for i in range(4)]
     return BackboneWithFPN(body, return_layers, in_channels, cfg.fpn_channels, norm_layer=heads_norm_layer(cfg))
+
+
+def without_retired_keys(model: dict, source: str) -> dict:
+    """A saved model section (checkpoint, exported JSON) as the current ModelConfig reads it."""
+    changed = [f"{key}={model[key]}" for key, value in RETIRED_KEYS.items() if key in model and model[key] != value]
+    if changed:
+        raise ConfigError(f"{source}: trained with {', '.join(changed)}, a model.* setting this booksegm no longer has")
+    return {key: value for key, value in model.items() if key not in RETIRED_KEYS}
 
 
 def is_mobilenet(backbone: str) -> bool:

@@ -18,7 +18,7 @@ from booksegm.errors import UserError
 from booksegm.evaluation.coco_eval import CocoEvaluator
 from booksegm.evaluation.visualize import draw_instances, make_grid
 from booksegm.model.batch_threads import BatchThreads, trains_batchnorm
-from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet
+from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet, without_retired_keys
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.stages import StageConfig, validate_stages
 
@@ -77,7 +77,7 @@ class BookSegmModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # the one conversion of each section (train.build passes the plain YAML sections)
-        self.model_cfg = to_dataclass(ModelConfig, model, "model")
+        self.model_cfg = to_dataclass(ModelConfig, without_retired_keys(dict(model), "model"), "model")
         self.optim_cfg = to_dataclass(OptimConfig, optim, "train")
         self.optim_cfg.validate()
         resnet_stages = [s.layers for s in self.optim_cfg.stages or [] if s.layers in RESNET_STAGES]

@@ -1,4 +1,4 @@
-"""Initial weights: none | coco | imagenet | last | <path> (matterport's `init_with`).
+"""Initial weights: none | coco | imagenet | last | books | <path> (matterport's `init_with`).
 
 Downloads go through torchvision's weights enums, so a file already in torch's hub cache
 (``$TORCH_HOME/hub/checkpoints``) is used without a network; when neither is possible the
@@ -18,6 +18,7 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskR
 from booksegm.config import ConfigError
 from booksegm.errors import UserError
 from booksegm.model.build import BACKBONES, is_mobilenet
+from booksegm.model.bundled import bundled_models
 from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,14 @@ def load_initial_weights(model: nn.Module, spec: str, backbone: str, runs_root: 
 
 
 def weights_file(spec: str, runs_root: Path | None) -> Path | None:
-    """The file ``model.weights`` names (``last``: the newest last.ckpt); None for none, coco and imagenet."""
+    """The file ``model.weights`` names (``last``: the newest last.ckpt; a bundled model's name, e.g.
+    ``books``: its file in the package); None for none, coco and imagenet."""
     if spec in ("none", "coco", "imagenet"):
         return None
-    return find_last_checkpoint(runs_root) if spec == "last" else Path(spec).expanduser()
+    if spec == "last":
+        return find_last_checkpoint(runs_root)
+    bundled = bundled_models()
+    return bundled[spec].weights if spec in bundled else Path(spec).expanduser()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,96 @@
+"""Bundled models: model.weights=books, a command without ckpt_path, `booksegm weights`, and the
+shipped file itself (its sha256 and that it finds books)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from support import tiny_config
+
+from booksegm.data.synthetic import render_scene
+from booksegm.inference import load_model, predict_images
+from booksegm.model import bundled
+from booksegm.model.build import build_maskrcnn
+from booksegm.model.weights import load_initial_weights, weights_file
+from booksegm.weights import describe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bundled_folder(tmp_path, monkeypatch) -> Path:
+    """A package folder holding one tiny model, ``books``, exported as booksegm exports state dicts."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    weights = tmp_path / "books.pth"
+    torch.save(build_maskrcnn(cfg, 2).state_dict(), weights)
+    spec = {"model": asdict(cfg), "class_names": ["book"], "resize": {"mode": "square", "min_dim": 64, "max_dim": 64},
+            "score_threshold": 0.4}
+    card = {"recipe": "tiny", "data": "none", "figures": {"mask AP": 0.0}, "sha256": bundled.sha256_of(weights)}
+    weights.with_suffix(".json").write_text(json.dumps({"booksegm": spec, "card": card}))
+    monkeypatch.setattr(bundled, "bundled_folder", lambda: tmp_path)
+    return tmp_path
+
+
+def test_model_weights_books_loads_the_bundled_file_with_head_surgery(bundled_folder, caplog):
+    assert weights_file("books", None) == bundled_folder / "books.pth"
+    model = build_maskrcnn(tiny_config(), 3)  # two classes of the user's own: class layers re-initialised
+    with caplog.at_level(logging.INFO):
+        load_initial_weights(model, "books", "resnet18")
+    shipped = torch.load(bundled_folder / "books.pth")
+    assert torch.equal(model.state_dict()["backbone.fpn.layer_blocks.0.0.weight"],
+                       shipped["backbone.fpn.layer_blocks.0.0.weight"])
+    assert "roi_heads.box_predictor" in caplog.text and "re-initialised" in caplog.text
+
+
+def test_a_command_without_ckpt_path_uses_the_bundled_model_and_says_so(bundled_folder, caplog):
+    with caplog.at_level(logging.INFO):
+        loaded = load_model(None)
+    assert loaded.source == bundled_folder / "books.pth" and loaded.class_names == ["book"]
+    assert "no ckpt_path given: using the bundled 'books' model" in caplog.text
+    assert load_model("books").source == loaded.source  # by name, without the line
+    assert bundled.model_file("elsewhere/books") == Path("elsewhere/books")  # a path is a path
+
+
+def test_booksegm_weights_lists_each_model_with_its_card_and_sha256(bundled_folder):
+    text = describe(bundled.bundled_models())
+    digest = bundled.sha256_of(bundled_folder / "books.pth")
+    assert "books (the default" in text and f"sha256   {digest} (matches its card)" in text
+    assert "recipe   tiny" in text and "mask AP: 0.0" in text
+
+
+def test_a_bundled_file_that_does_not_match_its_card_is_refused(bundled_folder):
+    with open(bundled_folder / "books.pth", "ab") as file:
+        file.write(b"\0")
+    with pytest.raises(bundled.BundledModelError, match="reinstall booksegm"):
+        bundled.bundled_model("books").verify()
+    with pytest.raises(bundled.BundledModelError, match="no bundled model 'shelves'"):
+        bundled.bundled_model("shelves")
+
+
+def test_the_shipped_books_model_matches_its_card_and_finds_books():
+    """The file in the package: its sha256 is the card's and the model card's, and on a rendered
+    shelf it outlines books (a behaviour check: accuracy is measured in docs/model_card.md)."""
+    model = bundled.bundled_model("books")
+    digest = model.verify()
+    card_doc = REPO / "docs" / "model_card.md"
+    if card_doc.exists():  # a source checkout (the wheel has no docs/)
+        assert digest in card_doc.read_text()
+    loaded = load_model("books")
+    image, polygons = render_scene(np.random.default_rng(7), 384, 288)
+    (found,) = predict_images(loaded, [image], loaded.resize)
+    truth = np.zeros((len(polygons), 288, 384), np.uint8)
+    for mask, polygon in zip(truth, polygons):
+        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+    kept = found.masks[found.scores >= loaded.display_threshold(None)]
+    overlaps = (kept[:, None] & truth[None].astype(bool)).sum((2, 3)) / np.maximum(
+        (kept[:, None] | truth[None].astype(bool)).sum((2, 3)), 1)
+    matched = int((overlaps.max(0) >= 0.5).sum()) if len(kept) else 0
+    assert matched >= len(polygons) // 2, f"{matched} of {len(polygons)} rendered books found"

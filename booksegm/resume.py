@@ -9,14 +9,50 @@ ModelCheckpoint keeps its best score, TensorBoard its curves and metrics.json ev
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
+from booksegm.config import ConfigError
 from booksegm.inference import read_run_config
+from booksegm.model.checkpoint_file import read_torch_file
+from booksegm.model.module import BookSegmModule
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A checkpoint's model as resuming needs it: its config and each weight's shape (not the tensors)."""
+
+    path: Path
+    config: dict  # the checkpoint's model hyperparameters
+    shapes: dict[str, tuple[int, ...]]
+
+    def check_fits(self, module: BookSegmModule) -> None:
+        """A model built with other model.* values than the run's fails here, in one line, not in
+        Lightning's load_state_dict with a page of missing and mismatched keys."""
+        shapes = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+        differ = sorted(name for name in shapes.keys() | self.shapes.keys()
+                        if shapes.get(name) != self.shapes.get(name))
+        if not differ:
+            return
+        changed = ", ".join(f"model.{key}={value} (the run's: {self.config[key]})"
+                            for key, value in module.hparams["model"].items()
+                            if key in self.config and self.config[key] != value)
+        raise ConfigError(f"ckpt_path={self.path}: its weights do not fit the model built here"
+                          f"{': ' + changed if changed else ''} ({len(differ)} weight tensors differ, the first "
+                          f"{differ[0]}); resume without model.* changes, or start a new run")
+
+
+def read_resumed(cfg: DictConfig, ckpt_path: Path) -> tuple[DictConfig, SavedModel]:
+    """The config to resume with (``resume_config``) and the checkpoint's model, from the file."""
+    checkpoint = read_torch_file(ckpt_path)
+    shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.get("state_dict", {}).items()}
+    saved = SavedModel(ckpt_path, dict((checkpoint.get("hyper_parameters") or {}).get("model") or {}), shapes)
+    return resume_config(cfg, checkpoint, ckpt_path), saved
 
 
 def resume_config(cfg: DictConfig, checkpoint: dict, ckpt_path: Path) -> DictConfig:

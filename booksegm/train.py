@@ -26,13 +26,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
-from booksegm.model.checkpoint_file import read_torch_file
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining
 from booksegm.model.weights import load_initial_weights, read_state_dict, weights_file
 from booksegm.profile import with_profile  # also registers ${auto_precision:}
-from booksegm.resume import resume_config
+from booksegm.resume import read_resumed
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,17 @@ def train(cfg: DictConfig) -> dict:
     """Train; returns the run summary also written to ``metrics.json`` in the run folder. Bad input,
     divergence and a stop by signal raise a UserError (``main`` reports it in one line)."""
     started = time.perf_counter()
+    saved = None
     if cfg.get("ckpt_path"):  # a wrong path fails now, in one line, not after data and model are built
-        ckpt_path = Path(cfg.ckpt_path).expanduser()
-        cfg = resume_config(cfg, read_torch_file(ckpt_path), ckpt_path)
+        cfg, saved = read_resumed(cfg, Path(cfg.ckpt_path).expanduser())
         note_resumed_run(Path(cfg.paths.output_dir))
     elif (weights := weights_file(str(cfg.model.weights), Path(cfg.paths.log_dir))) is not None:
         read_state_dict(weights)  # a bad model.weights file fails now too, before data and model
     check_run_length(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
+    if saved is not None:
+        saved.check_fits(module)
     staging = build_staging(module, datamodule)
 
     # an experiment turns a default callback off by setting it to null (callbacks.ema: null)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,3 +185,19 @@ def test_resume_takes_the_run_config_with_the_command_line_on_top_and_warns_of_m
     assert resumed.paths.output_dir == str(run.resolve())  # the run's folder, not a new one
     assert "model.box_detections_per_img=5 changes the model" in caplog.text
     assert "trainer.max_epochs" not in caplog.text
+
+
+def test_resuming_with_a_model_the_weights_do_not_fit_fails_in_one_line(tiny_run, tmp_path):
+    """It warned, then printed Lightning's 53-line RuntimeError of missing and mismatched keys."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.folder / ".hydra", run / ".hydra")
+    (run / "checkpoints").mkdir()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    shutil.copy(tiny_run.checkpoint, ckpt)
+    result = run_train(tmp_path, f"ckpt_path={ckpt}", "model.backbone=resnet34", base=[])
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and result.stderr.splitlines()[-1].startswith(
+        f"booksegm: error: ckpt_path={ckpt}: its weights do not fit the model built here: "
+        "model.backbone=resnet34 (the run's: resnet18) ("), result.stderr[-3000:]
+    assert "resume without model.* changes, or start a new run" in result.stderr
+    assert load(ckpt)["global_step"] == load(tiny_run.checkpoint)["global_step"]

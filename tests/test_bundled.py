@@ -20,6 +20,7 @@ from booksegm.model import bundled
 from booksegm.model.build import build_maskrcnn
 from booksegm.model.weights import load_initial_weights, weights_file
 from booksegm.weights import describe
+from booksegm.weights import main as weights_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,3 +95,14 @@ def test_the_shipped_books_model_matches_its_card_and_finds_books():
         (kept[:, None] | truth[None].astype(bool)).sum((2, 3)), 1)
     matched = int((overlaps.max(0) >= 0.5).sum()) if len(kept) else 0
     assert matched >= len(polygons) // 2, f"{matched} of {len(polygons)} rendered books found"
+
+
+def test_weights_bundle_exports_a_checkpoint_into_the_package_with_its_card(bundled_folder, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("run")
+    (bundled_folder / "books.pth").rename(elsewhere / "run.pth")
+    (bundled_folder / "books.json").rename(elsewhere / "run.json")
+    assert weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "shelves", "--recipe", "tiny", "--data",
+                         "none", "--measured", "today", "--figure", "mask AP=0.1"]) == 0
+    model = bundled.bundled_model("shelves")
+    assert model.card["figures"] == {"mask AP": "0.1"} and model.verify() == model.card["sha256"]
+    assert load_model("shelves").class_names == ["book"]

@@ -49,6 +49,11 @@ def bundled_folder() -> Path:
     return Path(str(files("booksegm") / "bundled"))
 
 
+def bundled_path(name: str) -> Path:
+    """Where the bundled model ``name``'s weights live (or go)."""
+    return bundled_folder() / f"{name}.pth"
+
+
 def bundled_models() -> dict[str, BundledModel]:
     """Every model in the package, by name."""
     models = {}

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from support import tiny_config, toy_batch
 from torchvision.models import ResNet18_Weights
@@ -291,6 +292,7 @@ def test_validation_pictures_show_detections_from_the_score_predict_would_use(mo
     model = vars(tiny_config())
     model["anchors"] = vars(model["anchors"])
     module = module_code.BookSegmModule(model=model, optim={}, class_names=["book"]).eval()
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     module.score_threshold = calibrated
     thresholds = []
     monkeypatch.setattr(module_code, "draw_prediction",

@@ -26,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from booksegm.config import ConfigError, as_plain, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
+from booksegm.model.checkpoint_file import AtomicCheckpointIO
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import BookSegmModule
 from booksegm.model.stages import StagedTraining
@@ -79,7 +80,9 @@ def train(cfg: DictConfig) -> dict:
         callbacks.append(staging)
         staged = {"max_epochs": staging.total_epochs}
         log.info("train.stages: %d stages, %d epochs in all", len(staging.stages), staging.total_epochs)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **staged)
+    # every checkpoint written whole or not at all, a failed write in one line (AtomicCheckpointIO)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+                                      **staged)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:  # SIGTERM before InterruptCheckpoint takes the signals: Lightning stops there

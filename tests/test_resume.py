@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 from support import CONF, TINY, compose_config, run_train, train_env
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from booksegm.model.checkpoint_file import AtomicCheckpointIO, CheckpointWriteError
 from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
 from booksegm.model.module import RUN_CONFIG_KEY
 from booksegm.resume import resume_config
@@ -201,3 +204,34 @@ def test_resuming_with_a_model_the_weights_do_not_fit_fails_in_one_line(tiny_run
         "model.backbone=resnet34 (the run's: resnet18) ("), result.stderr[-3000:]
     assert "resume without model.* changes, or start a new run" in result.stderr
     assert load(ckpt)["global_step"] == load(tiny_run.checkpoint)["global_step"]
+
+
+def test_a_failed_checkpoint_write_leaves_the_earlier_file_and_names_the_folder_and_its_free_space(tmp_path):
+    """ulimit -f as a full disk: the OSError [Errno 27] File too large reached the user as a traceback."""
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"weights": torch.zeros(10)}, path)
+    earlier = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 * len(earlier), hard))  # this process writes no larger file
+    try:
+        with pytest.raises(CheckpointWriteError) as error:
+            writer.save_checkpoint({"weights": torch.zeros(1_000_000)}, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert re.fullmatch(rf"cannot write the checkpoint last.ckpt in {re.escape(str(path.parent))}: File too large "
+                        r"\(\d+\.\d GB free there\); an earlier last.ckpt there is left as it was", str(error.value))
+    assert path.read_bytes() == earlier and [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_training_that_cannot_write_its_checkpoint_stops_in_one_line(tmp_path):
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, resource.RLIM_INFINITY))  # data and logs fit, no checkpoint
+
+    result = subprocess.run([sys.executable, "-m", "booksegm.train", *TINY], cwd=tmp_path, env=train_env(tmp_path),
+                            capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
+    checkpoints = run_folder(tmp_path) / "checkpoints"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.match(rf"booksegm: error: cannot write the checkpoint \S+\.ckpt in {re.escape(str(checkpoints))}: "
+                    r"File too large \(", result.stderr.splitlines()[-1]), result.stderr[-3000:]
+    assert not list(checkpoints.iterdir())  # no partial file, no temporary one

@@ -1,14 +1,22 @@
 """Reading a model file safely: ``torch.load`` with ``weights_only=True`` (tensors and plain values
 only, so a file cannot run code as it loads), and a one-line CheckpointError that says what the file
-is when it is not a checkpoint. Used for ``ckpt_path`` and ``model.weights`` alike."""
+is when it is not a checkpoint. Used for ``ckpt_path`` and ``model.weights`` alike.
+
+Writing one whole or not at all: training saves every checkpoint through :class:`AtomicCheckpointIO`.
+"""
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from booksegm.errors import UserError
 
@@ -22,6 +30,42 @@ MODEL_FILES = "booksegm reads a Lightning .ckpt or an exported state dict .pth"
 
 class CheckpointError(UserError, ValueError):
     """A model file that cannot be loaded; the message names the file and the problem."""
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint that could not be written (a full disk, a file-size limit); the earlier one is kept."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, written to a temporary file beside the checkpoint, synced, then
+    renamed over it: a write that fails, or a machine that stops mid-write, leaves the earlier
+    checkpoint whole; the failure is one line naming the folder and its free space."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        buffer = io.BytesIO()  # serialised first: torch.save turns a failed file write into a RuntimeError
+        torch.save(checkpoint, buffer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except OSError as err:
+            temporary.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"cannot write the checkpoint {path.name} in {path.parent}: {err.strerror or err} "
+                f"({free_space(path.parent)} free there); an earlier {path.name} there is left as it was"
+            ) from None
+
+
+def free_space(folder: Path) -> str:
+    """The free space of the disk holding ``folder`` (or its nearest existing parent), as ``12.3 GB``."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return f"{shutil.disk_usage(folder).free / 1e9:.1f} GB"
 
 
 def read_torch_file(path: Path) -> dict:

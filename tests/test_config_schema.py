@@ -44,7 +44,8 @@ NOT_SETTINGS = {"defaults", "task_name"}  # Hydra's, in every command YAML
 
 # every variant a user can pick: each is composed and its keys checked against the schemas
 VARIANTS = [
-    *(f"{group}={p.stem}" for group in ("data", "model", "profile") for p in sorted((CONF / group).glob("*.yaml"))),
+    *(f"{group}={p.stem}" for group in ("data", "model", "profile", "trainer")
+      for p in sorted((CONF / group).glob("*.yaml"))),
     *(f"+experiment={p.stem}" for p in sorted((CONF / "experiment").glob("*.yaml"))),
 ]
 

@@ -90,8 +90,9 @@ def train(cfg: DictConfig) -> dict:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = summarize(module.val_history, cfg.optimized_metric, time.perf_counter() - started, trainer)
-    (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
-    report(trainer, metrics, cfg)
+    if trainer.is_global_zero:  # under DDP every process ends here with the same summary: one writes it
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
+        report(trainer, metrics, cfg)
     return summary
 
 
@@ -120,8 +121,9 @@ def build_staging(module: BookSegmModule, datamodule: BookDataModule) -> StagedT
 def note_resumed_run(run_dir: Path) -> None:
     """A resumed run writes into its own folder; this launch's folder (its log) links to it."""
     here = Path(HydraConfig.get().runtime.output_dir)
-    if run_dir.resolve() != here.resolve():
-        (here / "resumed_run").symlink_to(run_dir.resolve(), target_is_directory=True)
+    link = here / "resumed_run"
+    if run_dir.resolve() != here.resolve() and not link.is_symlink():  # DDP's other processes run in this folder too
+        link.symlink_to(run_dir.resolve(), target_is_directory=True)
         log.info("resuming the run in %s: checkpoints, TensorBoard and metrics.json continue there", run_dir)
 
 

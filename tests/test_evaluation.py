@@ -236,3 +236,22 @@ def test_plot_pr_curves_writes_a_png(tmp_path):
     curves = {f"mask IoU {t}": ev.precision_recall(t) for t in (0.5, 0.75)}
     path = plot_pr_curves(curves, tmp_path / "pr" / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_processes_shares_gathered_score_as_one_evaluator_with_a_repeated_image_counted_once():
+    """Under DDP each process evaluates a share of the images; their states together give the AP of all of them."""
+    images = [([square(2, 2), square(18, 18)], [square(3, 2), square(18, 25)], [0.9, 0.4]),
+              ([square(5, 5)], [square(5, 5), square(20, 2)], [0.3, 0.8]),
+              ([square(10, 10)], [square(14, 10)], [0.6])]
+    preds = [prediction(found, scores) for _, found, scores in images]
+    targets = [target(truth, image_id=i) for i, (truth, _, _) in enumerate(images)]
+    whole, expected = coco(preds, targets)
+    shares = [CocoEvaluator(["book"]) for _ in range(2)]
+    shares[0].update([preds[0], preds[2]], [targets[0], targets[2]])
+    shares[1].update([preds[1], preds[0]], [targets[1], targets[0]])  # image 0 again, as DistributedSampler pads
+    gathered = CocoEvaluator(["book"])
+    gathered.load_states([share.state() for share in shares])
+    got = gathered.compute()
+    assert 0 < expected["mask_AP"] < 1 and shares[0].compute()["mask_AP"] != pytest.approx(expected["mask_AP"])
+    assert got.keys() == expected.keys()
+    assert all(got[k] == pytest.approx(expected[k], nan_ok=True) for k in expected)

@@ -65,18 +65,22 @@ def assert_close(a, b, what: str) -> None:
         assert a == b, f"{what}: {a} != {b}"
 
 
-def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_alone_as_if_never_stopped(tmp_path):
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: DDP, about 3 minutes
+def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_alone_as_if_never_stopped(tmp_path, processes):
     whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
     whole_root.mkdir(), killed_root.mkdir()
-    assert run_train(whole_root, *SCHEDULE).returncode == 0
+    # twice the images for two processes: each trains a share of 8 in 4 steps, as one process all 8
+    schedule = [*SCHEDULE, *(["trainer=ddp", "data.synthetic.num_images=20"] if processes == 2 else [])]
+    assert run_train(whole_root, *schedule).returncode == 0
 
-    process = subprocess.Popen([sys.executable, "-m", "booksegm.train", *TINY, *SCHEDULE], cwd=killed_root,
-                               env=train_env(killed_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "booksegm.train", *TINY, *schedule], cwd=killed_root,
+                               env=train_env(killed_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     deadline = time.monotonic() + 600
     while not list(killed_root.glob("outputs/train/runs/*/checkpoints/last.ckpt")) and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)  # as a crash, an OOM kill or a lost machine would
+    os.killpg(process.pid, signal.SIGKILL)  # every process of the run, as a crash, an OOM kill or a lost machine would
     process.wait()
     run = run_folder(killed_root)
     ckpt = run / "checkpoints" / "last.ckpt"

@@ -189,8 +189,9 @@ class BookDataModule(pl.LightningDataModule):
             skipped=self.skipped_images, copy_paste_p=self.cfg.augment.copy_paste_p,
             max_instances=self.cfg.max_gt_instances,
         )
-        # shuffled by the run's seed (seed_everything) and the epoch: resumable mid-epoch
-        sampler = SeededShuffleSampler(len(dataset), seed=torch.initial_seed())
+        # shuffled by the run's seed (seed_everything) and the epoch: resumable mid-epoch; under DDP, one share
+        processes, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = SeededShuffleSampler(len(dataset), seed=torch.initial_seed(), num_replicas=processes, rank=rank)
         return ResumableLoader(dataset, sampler=sampler, progress=self._train_progress, **self._loader_args(self.cfg.batch_size))
 
     def val_dataloader(self) -> DataLoader:

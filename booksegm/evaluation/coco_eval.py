@@ -104,6 +104,22 @@ class CocoEvaluator:
                     "bbox": _xywh(box), "segmentation": rle, "mask_area": float(mask_util.area(rle)),
                 })
 
+    def state(self) -> dict[str, list[dict]]:
+        """What ``update`` gathered, as plain picklable lists: one process's share of the images under DDP."""
+        return {"images": self._images, "gts": self._gts, "dets": self._dets}
+
+    def load_states(self, states: list[dict[str, list[dict]]]) -> None:
+        """Hold the images of every state at once (each process's share, gathered), so ``compute`` scores
+        all of them as one set. An image in more than one share counts once: torch's DistributedSampler
+        repeats a few images so that every process gets as many."""
+        self.reset()
+        for state in states:
+            new = {image["id"] for image in state["images"]} - self._image_ids
+            self._image_ids |= new
+            self._images += [image for image in state["images"] if image["id"] in new]
+            self._gts += [gt for gt in state["gts"] if gt["image_id"] in new]
+            self._dets += [det for det in state["dets"] if det["image_id"] in new]
+
     def _detections(self, iou_type: str) -> list[dict]:
         # COCOeval drops unmatched detections outside an area range by their "area", which is
         # the mask area for segm and the box area for bbox (as pycocotools' loadRes sets it).

@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from booksegm.config import ConfigError, to_dataclass
+from booksegm.distributed import all_processes
 from booksegm.errors import UserError
 from booksegm.evaluation.coco_eval import CocoEvaluator
 from booksegm.evaluation.visualize import draw_instances, make_grid
@@ -109,7 +110,11 @@ class BookSegmModule(pl.LightningModule):
         threads = self.optim_cfg.batch_threads
         if threads == 1:
             return
-        if self.device.type != "cpu":
+        if self.trainer.world_size > 1:
+            if self.trainer.is_global_zero:
+                log.info("train.batch_threads=%d off under DDP (%d processes): each share's backward pass would mark "
+                         "DDP's gradients ready again; each batch is one pass", threads, self.trainer.world_size)
+        elif self.device.type != "cpu":
             log.info("train.batch_threads=%d applies on the CPU only; on %s each batch is one pass", threads, self.device)
         elif trains_batchnorm(self.model):
             log.info("train.batch_threads=%d ignored: this model trains BatchNorm, whose statistics would come "
@@ -145,6 +150,12 @@ class BookSegmModule(pl.LightningModule):
                      for name in LOSS_NAMES.values()}
         if not torch.isfinite(loss):
             self._share_losses = []
+            if self.trainer.world_size > 1:
+                # every DDP process must run backward, whose gradient all-reduce waits for all of them: the
+                # averaged gradient is then non-finite everywhere and on_before_optimizer_step skips the step on each
+                log.warning("step %d: non-finite loss on process %d: every process skips the step",
+                            self.global_step, self.global_rank)
+                return loss
             self.skip_nonfinite_step("loss", named)
             return None  # Lightning skips backward and the optimizer step
         # detached tensors, read only when a run diverges: a float() per loss each step would sync a GPU six times
@@ -153,7 +164,8 @@ class BookSegmModule(pl.LightningModule):
         # otherwise suffix one tag with _step/_epoch)
         for name, value in {"loss": loss, **named}.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=len(images))
-            self.log(f"train_epoch/{name}", value, on_step=False, on_epoch=True, batch_size=len(images))
+            self.log(f"train_epoch/{name}", value, on_step=False, on_epoch=True, batch_size=len(images),
+                     sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=len(images))
         return loss
 
@@ -208,14 +220,17 @@ class BookSegmModule(pl.LightningModule):
         images, targets = batch
         predictions = self.model(list(images))
         self.evaluator.update(predictions, list(targets))
-        wanted = self.hparams.num_val_images_logged - len(self._val_pictures)
+        wanted = self.hparams.num_val_images_logged - len(self._val_pictures) if self.trainer.is_global_zero else 0
         for image, pred in list(zip(images, predictions))[: max(wanted, 0)]:
             self._val_pictures.append(
                 draw_prediction(image, pred, self.class_names, display_threshold(None, self.score_threshold)))
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # the AP of one process's share is not the model's: score all images as one set
+            self.evaluator.load_states(all_processes(self.evaluator.state()))
         metrics = {f"val/{k}": v for k, v in self.evaluator.compute().items()}
-        self.log_dict(metrics)
+        # each process computed the same values; max over them keeps them exact where a mean could round
+        self.log_dict(metrics, sync_dist=True, reduce_fx="max")
         if math.isfinite(metrics["val/mask_F1_score"]):
             self.score_threshold = metrics["val/mask_F1_score"]
         if not self.trainer.sanity_checking:

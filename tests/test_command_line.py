@@ -18,7 +18,8 @@ from support import train_env
 MARK = {"train": ("seed=7", "seed: 7"), **{c: ("score_threshold=0.37", "score_threshold: 0.37")
                                            for c in ("evaluate", "predict", "export")}}
 BASE = {"train": ["+experiment=anchors_16_256"], "evaluate": ["ckpt_path=/no/such.ckpt"],
-        "predict": ["ckpt_path=/no/such.ckpt", "input=/no/photos"], "export": ["ckpt_path=/no/such.ckpt", "format=onnx"]}
+        "predict": ["ckpt_path=/no/such.ckpt", "input=/no/photos"],
+        "export": ["ckpt_path=/no/such.ckpt", "format=onnx"]}
 SWEEP = {"train": ["seed=1,2", "ckpt_path=/no/such.ckpt"],
          **{c: [*BASE[c], "score_threshold=0.5,0.6"] for c in ("evaluate", "predict", "export")}}
 FORMS = {  # name: (flags before the overrides, flags after them, overrides: one run | a sweep | none)

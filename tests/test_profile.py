@@ -77,7 +77,8 @@ def test_a_named_profile_wins_over_the_automatic_choice(monkeypatch, named):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["a=1", "b=2", "--cfg", "job"], ["profile=cpu", "a=1", "b=2", "--cfg", "job"]),  # with the overrides: one run of words
+    # among the overrides: argparse takes them as one run of words
+    (["a=1", "b=2", "--cfg", "job"], ["profile=cpu", "a=1", "b=2", "--cfg", "job"]),
     (["--cfg", "job", "a=1"], ["--cfg", "job", "profile=cpu", "a=1"]),
     (["--info"], ["profile=cpu", "--info"]),  # first: after --info it would be read as --info's argument
     (["-m", "--config-name", "config"], ["profile=cpu", "-m", "--config-name", "config"]),

@@ -46,8 +46,10 @@ def build(cfg: DictConfig) -> tuple[BookDataModule, BookSegmModule]:
     module = BookSegmModule(
         model=as_plain(cfg.model), optim=as_plain(cfg.train), class_names=list(datamodule.class_names)
     )
-    # as .hydra/config.yaml holds it: evaluate, predict, export and resume read it from the checkpoint
+    # as .hydra/config.yaml holds it: evaluate, predict, export and resume read it from the checkpoint;
+    # data.root as the folder it named here, so that the checkpoint finds its data from any folder
     module.run_config = OmegaConf.to_container(cfg, resolve=False)
+    module.run_config["data"]["root"] = str(datamodule.root.resolve())
     if not cfg.get("ckpt_path"):
         model_cfg = module.model_cfg
         load_initial_weights(module.model, model_cfg.weights, model_cfg.backbone, Path(cfg.paths.log_dir))

@@ -75,6 +75,18 @@ def test_missing_images_are_skipped_and_logged(tmp_path, caplog):
     assert "gone.jpg" in caplog.text and "1 of 2 images skipped" in caplog.text
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_missing_data_folder_is_named_with_how_to_pass_another(relative, tmp_path, monkeypatch):
+    """It read as 'expected exactly one .json file in A/a4, found none', not as a folder that is missing."""
+    monkeypatch.chdir(tmp_path)
+    root = "A/a4" if relative else str(tmp_path / "A" / "a4")
+    looked = f" (looked for as {tmp_path / 'A' / 'a4'})" if relative else ""
+    with pytest.raises(ConfigError) as error:
+        make_datamodule(Path(root), annotations=None)
+    assert str(error.value) == (f"data.root={root}: no such folder{looked}; pass data.root=FOLDER, the folder that "
+                                "holds the annotations and images")
+
+
 def test_max_gt_instances_caps_and_logs(tmp_path, caplog):
     regions = [polygon_region([x, x + 5, x + 5, x], [5, 5, 30, 30]) for x in range(0, 70, 7)]
     write_via_set(tmp_path, {"a.jpg": regions})

@@ -37,12 +37,15 @@ def test_a_checkpoint_copied_to_an_empty_folder_is_evaluated_predicted_with_and_
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert len(json.loads((tmp_path / "pred" / "predictions_coco.json").read_text())["images"]) == 2
 
-    # the run's own validation split comes back from the checkpoint; a data.* value given here wins
+    # the run's own validation split comes back from the checkpoint, read from the run's data folder
+    # (recorded absolute) from any folder; a data.* value given here wins
+    assert Path(torch.load(moved, weights_only=True)[RUN_CONFIG_KEY]["data"]["root"]).is_relative_to(trained)
     for overrides, images_expected in (([], 2), (["data.val_fraction=0.5"], 5)):
         out = tmp_path / f"eval{len(overrides)}"
-        evaluated = run_command("evaluate", trained, f"ckpt_path={moved}", f"hydra.run.dir={out}", *overrides)
+        evaluated = run_command("evaluate", tmp_path, f"ckpt_path={moved}", f"hydra.run.dir={out}", *overrides)
         assert evaluated.returncode == 0, evaluated.stderr[-2000:]
         assert json.loads((out / "metrics.json").read_text())["images"] == images_expected
+    assert not list(tmp_path.rglob("synthetic_*"))  # not rendered again where this folder's cache is
 
     exported = run_command("export", trained, f"ckpt_path={moved}", f"output={tmp_path / 'model.pth'}",
                            "format=state_dict")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from support import EXPERIMENTS, TINY, compose_config, run_train, tiny_config
+from support import BOOK, EXPERIMENTS, TINY, compose_config, run_train, tiny_config, write_via_set
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.datamodule import DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.module import BookSegmModule
-from booksegm.train import check_run_length, train
+from booksegm.train import build, check_run_length, train
 
 def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tiny_run):
     result = tiny_run.result
@@ -126,6 +126,15 @@ def test_a_run_without_an_end_or_without_epochs_fails_in_one_line_before_the_dat
     check_run_length(compose_config(*TINY, f"trainer.max_epochs={epochs}", "train.stages=[{layers: all, epochs: 1}]"))
     if epochs == -1:
         check_run_length(compose_config(*TINY, "trainer.max_epochs=-1", "+trainer.max_steps=3"))
+
+
+def test_the_checkpoint_records_the_data_folder_as_an_absolute_path(tmp_path, monkeypatch):
+    """A relative data.root, kept as written, named another folder (or none) where the checkpoint was evaluated."""
+    write_via_set(tmp_path / "photos", {"a.jpg": BOOK, "b.jpg": BOOK})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BOOKSEGM_ROOT", str(tmp_path))
+    _, module = build(compose_config("data=via", "data.root=photos", "data.val_fraction=0.5"))
+    assert module.run_config["data"]["root"] == str(tmp_path / "photos")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

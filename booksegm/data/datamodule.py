@@ -134,6 +134,10 @@ class BookDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:
             return
+        if not self.root.is_dir():  # a checkpoint from another machine, or a relative root from another folder
+            looked = "" if self.root.is_absolute() else f" (looked for as {self.root.absolute()})"
+            raise ConfigError(f"data.root={self.cfg.root}: no such folder{looked}; pass data.root=FOLDER, the folder "
+                              "that holds the annotations and images")
         # every image is decoded once, as `data check` does, so a broken file is skipped now instead of
         # ending the run mid-epoch; files unchanged since a run decoded them are not decoded again
         checks = ImageChecks(self.cfg.image_check_cache)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from booksegm.config import ConfigError, as_plain, to_dataclass
+from booksegm.config import ConfigError, as_plain, check_command_line, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import STAT_NAMES
@@ -137,4 +138,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with cli_errors():
+        check_command_line("evaluate", sys.argv)
     main()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from booksegm.config import ConfigError
+from booksegm.config import ConfigError, check_command_line
 from booksegm.data.images import load_rgb
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import render_scene
@@ -327,4 +328,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with cli_errors():
+        check_command_line("export", sys.argv)
     main()

@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from booksegm.config import ConfigError
+from booksegm.config import ConfigError, check_command_line
 from booksegm.data.formats.coco import write_coco
 from booksegm.data.formats.geometry import mask_outlines
 from booksegm.data.formats.via import write_via
@@ -369,4 +369,6 @@ def with_input_override(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv = with_input_override(sys.argv)
+    with cli_errors():
+        check_command_line("predict", sys.argv)
     main()

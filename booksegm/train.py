@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from booksegm.config import ConfigError, as_plain, to_dataclass
+from booksegm.config import ConfigError, as_plain, check_command_line, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
 from booksegm.model.checkpoint_file import AtomicCheckpointIO
@@ -167,4 +167,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = with_profile(sys.argv)  # profile=gpu when CUDA is present and none is named
+    with cli_errors():
+        check_command_line("config", sys.argv)
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -134,8 +135,35 @@ def test_ctrl_c_and_sigterm_stop_after_the_batch_with_last_ckpt_written(tmp_path
     assert 1 <= step < 12 and "Traceback" not in stderr
 
 
+@pytest.mark.slow  # two training processes: about a minute on 2 busy cores
+def test_sigterm_to_one_ddp_process_stops_every_process_after_the_same_batch(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "booksegm.train", *TINY, "trainer=ddp", "data.synthetic.num_images=40",
+         "trainer.max_epochs=1", "trainer.limit_train_batches=8", "callbacks.step_checkpoint.every_n_train_steps=1"],
+        cwd=tmp_path, env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list(tmp_path.glob("outputs/train/runs/*/checkpoints/last.ckpt")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (second,) = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()  # Lightning started it
+    os.kill(int(second), signal.SIGTERM)  # process 1 alone, as `kill PID` would
+    try:
+        _, stderr = process.communicate(timeout=300)  # no process left waiting alone in a collective
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    ckpt = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
+    step = load(ckpt)["global_step"]
+    assert f"stopped by SIGTERM after step {step}" in stderr and 1 <= step < 8, stderr[-3000:]  # of 8
+    # 143 from process 0's own stop; Lightning's launcher may SIGKILL it first when process 1 ends before it
+    assert process.returncode in (143, -signal.SIGKILL), stderr[-3000:]
+
+
 class TrainerAt:
     """What InterruptCheckpoint reads of a Trainer, at one step."""
+
+    world_size = 1
 
     def __init__(self, step: int):
         self.global_step, self.current_epoch, self.saved = step, 0, []

@@ -7,6 +7,10 @@ callback instead (a second Ctrl-C stops at once), and the end of the running bat
 ``last.ckpt`` at the point the step checkpoints are written, so the run resumes mid-epoch as if
 never stopped. A SIGTERM during validation stops at the next validation batch, as Lightning's does:
 a scheduler's grace period may not last to its end.
+
+Under DDP a signal may reach one process only (``kill PID``), or reach each in a different step: all
+stop after the same batch, whichever got it, since a process alone in the checkpoint's barrier or in a
+gradient all-reduce would wait for the others forever.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
+from booksegm.distributed import all_processes
 from booksegm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -51,7 +56,11 @@ class InterruptCheckpoint(Checkpoint):  # a Checkpoint, so Lightning runs it aft
                     " (press again to stop at once)" if signum == signal.SIGINT else "")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if self.signal_name is None:
+        if trainer.world_size > 1:  # DDP: every process stops after this batch if any of them got a signal
+            if not trainer.strategy.reduce_boolean_decision(self.signal_name is not None, all=False):
+                return
+            self.signal_name = next(name for name in all_processes(self.signal_name) if name is not None)
+        elif self.signal_name is None:
             return
         trainer.save_checkpoint(self.path)
         raise TrainingInterrupted(
@@ -60,7 +69,10 @@ class InterruptCheckpoint(Checkpoint):  # a Checkpoint, so Lightning runs it aft
         )
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if self.signal_name == "SIGTERM":  # only fit's own validations: the handler comes after the sanity check
+        # only fit's own validations (the handler comes after the sanity check) and one process: DDP's stop
+        # at the next training batch, as processes that agreed per validation batch would wait forever for
+        # one whose share came short (an image that stopped loading)
+        if self.signal_name == "SIGTERM" and trainer.world_size == 1:
             raise TrainingInterrupted(
                 f"stopped by SIGTERM during validation after step {trainer.global_step}: nothing saved after "
                 "the last checkpoint; resume from it", "SIGTERM")

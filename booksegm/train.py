@@ -21,6 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from booksegm.config import ConfigError, as_plain, check_command_line, to_dataclass
@@ -85,6 +87,7 @@ def train(cfg: DictConfig) -> dict:
     # every checkpoint written whole or not at all, a failed write in one line (AtomicCheckpointIO)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                                       **staged)
+    check_not_a_ddp_sweep(trainer)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:  # SIGTERM before InterruptCheckpoint takes the signals: Lightning stops there
@@ -112,6 +115,15 @@ def check_run_length(cfg: DictConfig) -> None:
                           "give trainer.max_epochs >= 1, or +trainer.max_steps=N with it")
     raise ConfigError(f"trainer.max_epochs must be >= 1, got {epochs}: the run would train nothing and save "
                       "no checkpoint")
+
+
+def check_not_a_ddp_sweep(trainer: pl.Trainer) -> None:
+    """Lightning starts a DDP run's other processes on this machine as copies of this command line,
+    which under ``-m`` is the whole sweep again: each copy would run every job, joining whichever
+    process group it meets. Processes that torchrun or srun start are not copies of this one."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(f"DDP with {trainer.num_devices} processes a machine in a multirun (-m): run each job as its "
+                          "own command, or start the processes with torchrun or srun (docs/scaling.md)")
 
 
 def build_staging(module: BookSegmModule, datamodule: BookDataModule) -> StagedTraining | None:

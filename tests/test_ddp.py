@@ -49,6 +49,15 @@ def test_a_resumed_share_skips_what_was_trained():
     assert list(sampler) == whole[4:] and list(sampler) == whole  # skipped once
 
 
+def test_a_ddp_multirun_that_lightning_would_relaunch_whole_is_refused_in_one_line(tmp_path):
+    result = run_train(tmp_path, "trainer=ddp", "seed=1,2", "-m")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == ("booksegm: error: DDP with 2 processes a machine in a multirun (-m): run "
+                                              "each job as its own command, or start the processes with torchrun or "
+                                              "srun (docs/scaling.md)")
+    assert not list(tmp_path.glob("outputs/**/*.ckpt"))
+
+
 def loader(processes: int = 1, rank: int = 0) -> ResumableLoader:
     return ResumableLoader(list(range(10)), batch_size=2, progress=lambda: (2, False),
                            sampler=SeededShuffleSampler(10, seed=1, num_replicas=processes, rank=rank))

@@ -57,7 +57,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             temporary.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"cannot write the checkpoint {path.name} in {path.parent}: {err.strerror or err} "
-                f"({free_space(path.parent)} free there); an earlier {path.name} there is left as it was"
+                f"({free_space(path.parent)} free there); the checkpoints already there are left as they were"
             ) from None
 
 

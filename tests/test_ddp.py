@@ -7,16 +7,25 @@ from __future__ import annotations
 import json
 import re
 import runpy
+import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
-from support import TINY, compose_config, run_train
+from support import TINY, compose_config, run_train, train_env
 
+from booksegm.config import to_dataclass
+from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.sampler import ResumableLoader, SeededShuffleSampler
+from booksegm.data.synthetic import generate_dataset
+from booksegm.model.module import RUN_CONFIG_KEY, BookSegmModule
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_trainer_ddp_and_its_keys_compose_without_a_plus():
@@ -85,10 +94,11 @@ def test_a_checkpoint_of_two_processes_resumed_on_one_says_it_is_not_the_same_ru
 # well inside (0, 1) that depends on every image, unlike an untrained model's 0.
 ECHO = '''
 import json, sys
+from pathlib import Path
 import numpy as np, pytorch_lightning as pl, torch
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
-from booksegm.model.module import BookSegmModule
+from booksegm.model.module import RUN_CONFIG_KEY, BookSegmModule
 
 class EchoModule(BookSegmModule):
     def validation_step(self, batch, batch_idx):
@@ -113,7 +123,6 @@ trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devic
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 [metrics] = trainer.validate(module, datamodule=data)
 if trainer.is_global_zero:
-    Path = __import__("pathlib").Path
     Path(out).write_text(json.dumps({"metrics": metrics, "score_threshold": module.score_threshold,
                                      "images": len(module.evaluator.state()["images"]), "of": len(data.val_records)}))
 '''
@@ -153,7 +162,7 @@ def test_a_two_process_run_trains_each_image_once_and_writes_one_run(tmp_path):
     summary = json.loads((run / "metrics.json").read_text())
     assert best[0].name == f"epoch000-mask_ap{summary['best']['val/mask_AP']:.4f}.ckpt"
     # 7 images in shares of 4 (one repeated to even them) at batch 2: 2 steps, where one process takes 4
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 2 and summary["validations"][-1]["step"] == 2
     # each process's random state, which its own images moved: a resume puts back each one's
     (loader_state,) = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
@@ -172,7 +181,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.model.build import ModelConfig
-from booksegm.model.module import BookSegmModule
+from booksegm.model.module import RUN_CONFIG_KEY, BookSegmModule
 
 class PoisonedLoss(BookSegmModule):
     def weighted_losses(self, images, targets):
@@ -209,3 +218,35 @@ def test_a_non_finite_loss_on_one_process_skips_the_step_on_every_process(tmp_pa
     assert [(r["skipped"], r["steps"]) for r in ranks] == [(1, 3), (1, 3)]
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the same weights: no process stepped alone
     assert "non-finite loss on process 1: every process skips the step" in result.stderr
+
+
+@pytest.mark.slow  # two training processes and a validation: about a minute and a half on 2 busy cores
+def test_two_nodes_on_localhost_write_one_run_whose_ap_one_process_finds_again(tmp_path):
+    """Two "machines" of one process each, started as torchrun or srun would start them (Lightning reads
+    MASTER_ADDR, NODE_RANK, LOCAL_RANK, WORLD_SIZE), into the one run folder both name."""
+    scenes, run = tmp_path / "scenes", tmp_path / "run"
+    generate_dataset(scenes, 10, seed=0, width=128, height=96, progress=False)  # rendered once, before the nodes
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "booksegm.train", *TINY, "trainer=ddp", "trainer.devices=1", "trainer.num_nodes=2",
+               "data.val_fraction=0.3", f"data.root={scenes}", f"hydra.run.dir={run}"]
+    nodes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**train_env(tmp_path), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "WORLD_SIZE": "2", "NODE_RANK": str(rank), "LOCAL_RANK": "0", "RANK": str(rank)})
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert "val mask AP: " in outputs[0][0] and "val mask AP: " not in outputs[1][0]  # node 0 reports, node 1 not
+    (best,) = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    summary = json.loads((run / "metrics.json").read_text())
+    checkpoint = load_checkpoint(best)
+    assert checkpoint["global_step"] == 2  # 7 images in two shares of 4, batch 2
+
+    module = BookSegmModule.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    data = BookDataModule(to_dataclass(DataConfig, {**checkpoint[RUN_CONFIG_KEY]["data"], "root": str(scenes),
+                                                    "synthetic_root": None, "image_check_cache": None}, "data"))
+    data.setup("fit")
+    [alone] = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).validate(module, data)
+    assert alone["val/mask_AP"] == pytest.approx(summary["best"]["val/mask_AP"], abs=1e-6)
+    assert alone["val/box_AR100"] == pytest.approx(summary["best"]["val/box_AR100"], abs=1e-6)

@@ -1,4 +1,5 @@
-"""Sweeps: a real 2-job multirun and its report, the k-fold summary, the Optuna search config."""
+"""Sweeps: a real 2-job multirun and its report, the same through the submitit and joblib launchers, the
+k-fold summary, the Optuna search config."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 from support import CONF, compose_config, run_train
@@ -35,6 +37,48 @@ def test_a_two_job_multirun_completes_and_the_report_lists_both(tmp_path, capsys
     rows = list(csv.DictReader((sweep / "sweep_report.csv").open()))
     assert sorted(r["+experiment"] for r in rows) == ["anchors_16_256", "anchors_32_512"]
     assert (sweep / "sweep_report.png").stat().st_size > 0
+
+
+def has_plugin(name: str) -> bool:
+    # find_spec on a dotted name raises, not returns None, when the namespace package is absent
+    try:
+        return importlib.util.find_spec(f"hydra_plugins.{name}") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def needs(plugin: str, extra: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not has_plugin(plugin), reason=f"needs pip install -e '.[{extra}]'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [
+    pytest.param(["hydra/launcher=submitit_local"], id="submitit_local",  # as submitit_slurm on a cluster
+                 marks=needs("hydra_submitit_launcher", "cluster")),
+    pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], id="joblib",
+                 marks=needs("hydra_joblib_launcher", "sweep")),
+])
+def test_a_multirun_through_a_launcher_trains_each_job_in_its_own_process(tmp_path, capsys, launcher):
+    # the launcher pickles train's task function and config into a process of its own per job: the job
+    # must unpickle with booksegm's resolvers (${run_suffix:}, ${auto_precision:}) and write into the
+    # sweep folder the launching process named
+    result = run_train(tmp_path, "trainer.limit_train_batches=1", "hydra.mode=MULTIRUN", *launcher,
+                       "train.lr=0.001,0.002")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    processes = set()
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["epochs"] == 1
+        assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 1
+        (events,) = (sweep / job / "tensorboard").glob("events.out.tfevents.*")
+        processes.add(events.name.split(".")[-2])  # TensorBoard names the file with the writing process's id
+    assert len(processes) == 2
+
+    assert sweep_report([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "2 jobs, 2 with results" in out
+    rows = list(csv.DictReader((sweep / "sweep_report.csv").open()))
+    assert sorted(r["train.lr"] for r in rows) == ["0.001", "0.002"]
 
 
 def fake_job(sweep: Path, name: str, overrides: list[str], mask_aps: list[float] | None, box_ap: float = 0.5):
@@ -80,15 +124,7 @@ def test_a_folder_without_jobs_is_an_error(tmp_path, capsys):
     assert "no Hydra jobs" in capsys.readouterr().err
 
 
-def _has_optuna_sweeper() -> bool:
-    # find_spec on a dotted name raises, not returns None, when the namespace package is absent
-    try:
-        return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _has_optuna_sweeper(), reason="needs pip install -e '.[sweep]'")
+@needs("hydra_optuna_sweeper", "sweep")
 def test_optuna_search_config_maximises_mask_ap_over_real_config_keys():
     cfg = compose_config("+hparams_search=optuna", return_hydra_config=True)
     sweeper = cfg.hydra.sweeper

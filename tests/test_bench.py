@@ -1,12 +1,13 @@
-"""The benchmark module runs end to end and prints every figure (a smoke test, not a timing)."""
+"""The benchmark modules run end to end and print every figure (smoke tests, not timings)."""
 
 from __future__ import annotations
 
 import argparse
 import re
 
+import pytest
 import torch
-from support import TINY, compose_config, select_values
+from support import TINY, compose_config, select_values, train_env
 
 from booksegm.bench.__main__ import main, model_settings
 from booksegm.model.module import build_optimizer
@@ -44,6 +45,20 @@ def test_accuracy_bench_trains_each_recipe_and_prints_them_side_by_side(tmp_path
     assert main(["curves", f"tiny={out / 'tiny'}", "--out", str(tmp_path / "curve.png")]) == 0
     assert re.search(r"^tiny: [\d.]+ min 0\.\d{4}$", capsys.readouterr().out, re.M)
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # two tiny training runs, one of 2 DDP processes: about a minute on 2 cores
+def test_throughput_bench_trains_with_1_and_2_processes_and_predicts_at_each_batch_size(tmp_path, capsys, monkeypatch):
+    for name, value in train_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    assert main(["throughput", "--steps", "1", "--warmup-steps", "1", "--batch-sizes", "1", "2", "--photos", "4",
+                 *TINY]) == 0
+    out = capsys.readouterr().out
+    # images of every process: 1 timed step of batch 2 on each
+    assert re.search(r"^train +1 process +[\d.]+ images/s +\(2 images in [\d.]+ s, batch 2 a process", out, re.M), out
+    assert re.search(r"^train +2 processes +[\d.]+ images/s +\(4 images in [\d.]+ s, batch 2 a process", out, re.M), out
+    for batch in (1, 2):
+        assert re.search(rf"^predict +batch {batch} +[\d.]+ photos/s +\(4 photos of 128x96 in", out, re.M), out
 
 
 # booksegm's CPU default until 0.1 (commit 90882fe), the baseline `bench accuracy` measures against

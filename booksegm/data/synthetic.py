@@ -16,6 +16,10 @@ the photo are not labelled.
 for reading it is ``out_dir/images``. Every image is rendered from ``np.random.default_rng([seed,
 index])``, so an image does not depend on how many are generated.
 
+``render_books`` also says where each book of a row was put (its board, its step along the row, its
+level in a stack), and ``shelf_order`` turns that into the row and position a shelf inventory
+should find (tests/test_inventory.py); recording it draws nothing and no random number.
+
 Coordinates follow booksegm.data.records: continuous pixel coordinates with the origin at the
 top-left corner of the top-left pixel, so pixel (i, j) covers [i, i+1) x [j, j+1).
 """
@@ -337,11 +341,21 @@ def surface_texture(rng, height: int, width: int) -> np.ndarray:
 # ---------------------------------------------------------------- items and scenes
 
 
+@dataclass(frozen=True)
+class ShelfPlace:
+    """Where a book was put in its row of books: what a shelf inventory should find again."""
+
+    floor: float  # canvas y of the board the row stands on
+    slot: int  # the building step along the row, increasing left to right in the photo
+    level: int = 0  # in a stack of books lying flat: 0 at the bottom
+
+
 @dataclass
 class Item:
     outline: np.ndarray  # (N, 2) float64 canvas coordinates: what the item covers
     layers: list  # (polygon, colour or texture) painted in order, all inside the outline
     is_book: bool = True
+    place: ShelfPlace | None = None  # books standing in a row; None for the rest
 
 
 @dataclass
@@ -354,6 +368,7 @@ class Scene:
     outlines: list = field(default_factory=list)  # every item drawn, back to front
     boxes: list = field(default_factory=list)
     is_book: list = field(default_factory=list)
+    places: list = field(default_factory=list)  # each item's ShelfPlace or None
 
 
 def new_scene(rng, height: int, width: int, plain: bool = False) -> Scene:
@@ -383,6 +398,7 @@ def draw(scene: Scene, item: Item) -> None:
     scene.outlines.append(item.outline)
     scene.boxes.append(bounds(item.outline))
     scene.is_book.append(item.is_book)
+    scene.places.append(item.place)
 
 
 def visible_mask(outlines, boxes, index: int, grid: int):
@@ -508,6 +524,9 @@ def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: floa
             leaning_on = (right, height)
         if right > x_end:
             break
+        slot = len(items)  # one per step: a stack's books share it
+        for level, item in enumerate(new_items):  # a stack is built bottom up
+            item.place = ShelfPlace(floor, -slot if mirrored else slot, level)
         items.extend(new_items)
         if rng.random() < (0.2 if gappy else 0.06):
             x = right + rng.uniform(0.1, 0.6) * clearance
@@ -695,6 +714,14 @@ def render_scene(
     `kind` forces one of SCENE_KINDS; by default it is drawn with SCENE_WEIGHTS.
     Coordinates are rounded to 0.1 px, as the VIA file stores them.
     """
+    photo, books = render_books(rng, width, height, kind, style)
+    return photo, [polygon for polygon, _ in books]
+
+
+def render_books(
+    rng: np.random.Generator, width: int, height: int, kind: str | None = None, style: str = "photo"
+) -> tuple[np.ndarray, list[tuple[np.ndarray, ShelfPlace | None]]]:
+    """render_scene's photo, and its books as (polygon, where the book was put in its row)."""
     if kind is None:
         kind = SCENE_KINDS[rng.choice(len(SCENE_KINDS), p=SCENE_WEIGHTS)]
     if kind not in SCENE_KINDS:
@@ -708,7 +735,7 @@ def render_scene(
     else:
         build_table(rng, scene, with_books=kind != "empty")
     photo, to_photo = photograph(rng, scene.image, width, height, plain=scene.plain)
-    return photo, book_polygons(scene, to_photo, width, height)
+    return photo, visible_books(scene, to_photo, width, height)
 
 
 def big_enough(points: np.ndarray, photo_area: float) -> bool:
@@ -718,9 +745,10 @@ def big_enough(points: np.ndarray, photo_area: float) -> bool:
     return area >= MIN_LABEL_AREA * photo_area and mean_width >= MIN_LABEL_WIDTH
 
 
-def book_polygons(scene: Scene, to_photo: np.ndarray, width: int, height: int) -> list[np.ndarray]:
-    """The visible outline of each book in photo coordinates, clipped to the photo."""
-    polygons = []
+def visible_books(scene: Scene, to_photo: np.ndarray, width: int,
+                  height: int) -> list[tuple[np.ndarray, ShelfPlace | None]]:
+    """The visible outline of each book in photo coordinates, clipped to the photo, with its place."""
+    books = []
     for i, is_book in enumerate(scene.is_book):
         outline = visible_outline(scene, i) if is_book else None
         if outline is None:
@@ -730,8 +758,21 @@ def book_polygons(scene: Scene, to_photo: np.ndarray, width: int, height: int) -
         if len(points):
             points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]  # repeated vertices
         if len(points) >= 3 and big_enough(points, width * height):
-            polygons.append(points.astype(np.float32))
-    return polygons
+            books.append((points.astype(np.float32), scene.places[i]))
+    return books
+
+
+def shelf_order(places: list[ShelfPlace | None]) -> list[tuple[int, int] | None]:
+    """(row, position), both from 1, of each book as it was put: rows top to bottom among those with
+    a book here, positions left to right in the row, a stack of books lying flat taking one place
+    and numbered top down. None for a book not standing in a row."""
+    floors = sorted({place.floor for place in places if place is not None})
+    order = [None] * len(places)
+    for row, floor in enumerate(floors, 1):
+        in_row = [i for i, place in enumerate(places) if place is not None and place.floor == floor]
+        for position, i in enumerate(sorted(in_row, key=lambda i: (places[i].slot, -places[i].level)), 1):
+            order[i] = (row, position)
+    return order
 
 
 # ---------------------------------------------------------------- dataset

@@ -88,6 +88,18 @@ def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
     return outlines
 
 
+def largest_outline(mask: np.ndarray, tolerance: float) -> np.ndarray | None:
+    """The outline of a mask's largest part, on pixel edges, simplified (``cv2.approxPolyDP`` with
+    ``tolerance`` px); None for an empty mask. VIA holds one polygon per region, and a book is one
+    piece: a mask split in parts keeps its largest one."""
+    outlines = mask_outlines(mask)
+    if not outlines:
+        return None
+    largest = max(outlines, key=lambda p: abs(cv2.contourArea(p)))
+    simplified = cv2.approxPolyDP(largest.reshape(-1, 1, 2), tolerance, closed=True).reshape(-1, 2)
+    return simplified if len(simplified) >= 3 else largest
+
+
 def polygonal_parts(geometry) -> list[Polygon]:
     """The polygons in a shapely result (make_valid and intersection may add lines and points)."""
     if isinstance(geometry, Polygon):

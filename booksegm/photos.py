@@ -1,0 +1,195 @@
+"""What the commands that run the model on photos share (``predict``, ``inventory``): their common
+settings, the photos (and videos) of an input, the model set up for them, detections photo by
+photo, and the rule for the output folder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from PIL import Image
+from tqdm import tqdm
+
+from booksegm.config import ConfigError
+from booksegm.data.images import ImageReadError, load_rgb
+from booksegm.data.resize import ResizeConfig
+from booksegm.inference import (
+    DEFAULT_MAX_SIDE,
+    Detections,
+    LoadedModel,
+    load_model,
+    predict_images,
+    select_device,
+    set_detection_limits,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+@dataclass
+class PhotoSettings:
+    """The knobs of every photo command (its YAML lists them with a comment each)."""
+
+    input: str
+    output_dir: str
+    ckpt_path: str | None = None  # null: the bundled books model
+    score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE; null: the checkpoint's calibrated one, else 0.7
+    max_detections: int = 100  # DETECTION_MAX_INSTANCES
+    batch_size: int = 1  # IMAGES_PER_GPU
+    device: str = "auto"
+    resize: ResizeConfig | None = None  # null: as the checkpoint's validation
+    max_side: int = DEFAULT_MAX_SIDE  # px: the longest model input; a longer photo is scaled down first
+    polygon_tolerance: float = 1.0  # px, cv2.approxPolyDP epsilon for the polygons written out
+    overwrite: bool = False  # a non-empty output_dir: refused, or (true) the command's earlier outputs in it deleted
+
+    def validate(self) -> None:
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1 or self.batch_size < 1 or self.max_side < 1 or self.polygon_tolerance < 0:
+            raise ConfigError("max_detections, batch_size and max_side must be >= 1, polygon_tolerance >= 0")
+        if self.resize is not None:
+            self.resize.validate(training=False)
+
+
+@dataclass
+class PhotoRun:
+    """What a photo command works on, once its settings are checked and its model is loaded."""
+
+    root: Path  # the folder output names are relative to
+    photos: list[Path]
+    videos: list[Path]
+    ignored: list[str]  # files of the input folder neither photo nor video, relative to root
+    loaded: LoadedModel
+    resize: ResizeConfig
+
+
+def start_run(settings: PhotoSettings, command: str, outputs: list[str]) -> PhotoRun:
+    """Check the settings and the output folder, find the inputs and load the model, in that order
+    (a mistake stops the command before the slow part); then, with ``overwrite``, delete the
+    command's ``outputs`` left in the folder."""
+    settings.validate()
+    out = Path(settings.output_dir)
+    check_output_dir(out, settings.overwrite, command, outputs)
+    root, photos, videos, others = find_inputs(Path(settings.input).expanduser())
+    ignored = [p.relative_to(root).as_posix() for p in others]
+    if ignored:
+        log.warning("ignoring %s", describe_ignored(ignored))
+    loaded, resize = load_detector(settings)
+    if settings.overwrite:
+        remove_earlier_outputs(out, outputs)  # now that the model loaded: a failed start leaves them
+    return PhotoRun(root, photos, videos, ignored, loaded, resize)
+
+
+def find_inputs(path: Path) -> tuple[Path, list[Path], list[Path], list[Path]]:
+    """(the folder names are relative to, photos, videos, the other files) for a file or a folder tree."""
+    if not path.exists():
+        raise ConfigError(f"input={path}: no such file or folder")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            raise ConfigError(f"input={path}: not an image or video ({sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)})")
+        return path.parent, [path] * (suffix in IMAGE_SUFFIXES), [path] * (suffix in VIDEO_SUFFIXES), []
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    photos = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    if not photos and not videos:
+        raise ConfigError(f"input={path}: no images or videos in this folder or below it")
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    return path, photos, videos, others
+
+
+def describe_ignored(names: list[str], shown: int = 5) -> str:
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} file(s) that are neither images nor videos ({suffixes}): {', '.join(names[:shown])}{more}"
+
+
+def closing_lines(skipped: list[str], ignored: list[str], out: Path) -> list[str]:
+    """The end of a photo command's report: the files it could not read or passed over, and where its outputs are."""
+    lines = []
+    if skipped:
+        lines.append(f"skipped {len(skipped)} unreadable file(s):")
+        lines += [f"  {message}" for message in skipped]
+    if ignored:
+        lines.append(f"ignored {describe_ignored(ignored)}")
+    return [*lines, f"outputs in {out}"]
+
+
+def load_detector(settings: PhotoSettings) -> tuple[LoadedModel, ResizeConfig]:
+    """The model, with its detection limits set, and how photos are resized for it."""
+    loaded = load_model(settings.ckpt_path, select_device(settings.device))
+    resize = settings.resize or loaded.resize
+    if resize is None:
+        raise ConfigError(
+            f"{settings.ckpt_path}: the checkpoint does not say how images were resized (no run config beside it): "
+            "set resize={mode:square,min_dim:800,max_dim:1024} as in training"
+        )
+    threshold = loaded.display_threshold(settings.score_threshold)
+    log.info("score threshold %.3f (%s)", threshold, "asked for" if settings.score_threshold is not None else
+             "calibrated on the run's validation" if loaded.score_threshold is not None else "matterport's default")
+    set_detection_limits(loaded.model, threshold, settings.max_detections)
+    return loaded, resize
+
+
+def detect_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, settings: PhotoSettings,
+                  skipped: list[str], desc: str) -> Iterator[tuple[Path, np.ndarray, Detections]]:
+    """Each readable photo with its detections, ``settings.batch_size`` photos a forward pass; an
+    unreadable one is logged and its message added to ``skipped``."""
+    batch: list[tuple[Path, np.ndarray]] = []
+    for k, path in enumerate(tqdm(photos, desc=desc, unit="img")):
+        try:
+            batch.append((path, load_rgb(path)))
+        except ImageReadError as err:
+            log.warning("skipping %s", err)
+            skipped.append(str(err))
+        if batch and (len(batch) == settings.batch_size or k == len(photos) - 1):
+            images = [image for _, image in batch]
+            for (path_, image), detections in zip(batch, predict_images(loaded, images, resize, settings.max_side)):
+                yield path_, image, detections
+            batch.clear()
+
+
+def check_output_dir(out: Path, overwrite: bool, command: str, outputs: list[str]) -> None:
+    """Refuse a folder that holds anything (before any work), unless told to overwrite."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_this_run_folder(out) and not overwrite:
+        raise ConfigError(f"output_dir={out} is not empty: give a new folder, or overwrite=true to replace "
+                          f"{command}'s outputs there ({', '.join(outputs)})")
+
+
+def is_this_run_folder(out: Path) -> bool:
+    """The folder Hydra made for this run (the default output_dir): new, it holds only Hydra's own files."""
+    return HydraConfig.initialized() and out.resolve() == Path(HydraConfig.get().runtime.output_dir).resolve()
+
+
+def remove_earlier_outputs(out: Path, outputs: list[str]) -> None:
+    """Every output the command writes, whatever this run asks for: none may be left from an earlier run."""
+    for path in (out / name for name in outputs):
+        if path.exists():
+            log.warning("overwrite=true: deleting %s", path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)  # PIL: non-ASCII paths work everywhere (cv2.imwrite's do not on Windows)
+
+
+def with_input_override(argv: list[str]) -> list[str]:
+    """``booksegm predict shelf.jpg ...``: a first argument that is neither a flag nor an override is
+    the ``input``."""
+    if len(argv) > 1 and not argv[1].startswith("-") and "=" not in argv[1]:
+        return [argv[0], f"input={argv[1]}", *argv[2:]]
+    return argv

@@ -13,7 +13,7 @@ import sys
 
 from booksegm.errors import cli_errors
 from booksegm.export import write_state_dict
-from booksegm.inference import load_model
+from booksegm.inference import SPEC_SECTION, load_model
 from booksegm.model.bundled import CARD_SECTION, DEFAULT_MODEL, bundled_models, bundled_path, sha256_of
 
 
@@ -38,6 +38,7 @@ def bundle(checkpoint: str, name: str, card: dict) -> str:
     write_state_dict(load_model(checkpoint), weights)
     spec_file = weights.with_suffix(".json")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    spec[SPEC_SECTION]["model"]["weights"] = "none"  # the run's initial weights: a path on the machine that trained it
     spec[CARD_SECTION] = {**card, "sha256": sha256_of(weights)}
     spec_file.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return spec[CARD_SECTION]["sha256"]

@@ -85,16 +85,19 @@ def test_the_shipped_books_model_matches_its_card_and_finds_books():
     if card_doc.exists():  # a source checkout (the wheel has no docs/)
         assert digest in card_doc.read_text()
     loaded = load_model("books")
-    image, polygons = render_scene(np.random.default_rng(7), 384, 288)
-    (found,) = predict_images(loaded, [image], loaded.resize)
-    truth = np.zeros((len(polygons), 288, 384), np.uint8)
-    for mask, polygon in zip(truth, polygons):
-        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
-    kept = found.masks[found.scores >= loaded.display_threshold(None)]
-    overlaps = (kept[:, None] & truth[None].astype(bool)).sum((2, 3)) / np.maximum(
-        (kept[:, None] | truth[None].astype(bool)).sum((2, 3)), 1)
-    matched = int((overlaps.max(0) >= 0.5).sum()) if len(kept) else 0
-    assert matched >= len(polygons) // 2, f"{matched} of {len(polygons)} rendered books found"
+    matched = books = 0
+    for seed in range(6):  # shelves and tables, 46 books in all
+        image, polygons = render_scene(np.random.default_rng(seed), 384, 288)
+        (found,) = predict_images(loaded, [image], loaded.resize)
+        truth = np.zeros((len(polygons), 288, 384), np.uint8)
+        for mask, polygon in zip(truth, polygons):
+            cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+        kept = found.masks[found.scores >= loaded.display_threshold(None)][:, None]
+        truth = truth[None].astype(bool)
+        overlaps = (kept & truth).sum((2, 3)) / np.maximum((kept | truth).sum((2, 3)), 1)
+        matched += int((overlaps.max(0) >= 0.5).sum()) if len(kept) else 0
+        books += len(polygons)
+    assert matched >= 0.4 * books, f"{matched} of {books} rendered books found"  # 24 of 46 on 2026-12-03
 
 
 def test_weights_bundle_exports_a_checkpoint_into_the_package_with_its_card(bundled_folder, tmp_path_factory):
@@ -105,4 +108,5 @@ def test_weights_bundle_exports_a_checkpoint_into_the_package_with_its_card(bund
                          "none", "--measured", "today", "--figure", "mask AP=0.1"]) == 0
     model = bundled.bundled_model("shelves")
     assert model.card["figures"] == {"mask AP": "0.1"} and model.verify() == model.card["sha256"]
+    assert json.loads(model.weights.with_suffix(".json").read_text())["booksegm"]["model"]["weights"] == "none"
     assert load_model("shelves").class_names == ["book"]

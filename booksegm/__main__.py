@@ -20,10 +20,13 @@ COMMANDS = {  # command: (module, one line of help)
     "train": ("booksegm.train", "train Mask R-CNN (Hydra: key=value overrides, +experiment=NAME, --multirun)"),
     "evaluate": ("booksegm.evaluate", "COCO mAP, PR curves and per-image scores of a checkpoint (Hydra)"),
     "predict": ("booksegm.predict", "segment books in photos, folders and videos: overlays, masks, COCO JSON (Hydra)"),
+    "inventory": ("booksegm.inventory", "books of shelf photos in rows, left to right: CSV/JSON, upright crops, "
+                                        "numbered overlays (Hydra)"),
     "export": ("booksegm.export", "export a checkpoint as a torchvision state dict, TorchScript or ONNX (Hydra)"),
     "data": ("booksegm.data", "annotation tools: synth (render the synthetic set), check, convert"),
     "anchors": ("booksegm.anchors", "suggest anchor sizes and ratios from the boxes of an annotation file"),
-    "bench": ("booksegm.bench", "speed against a plain torchvision loop; bench accuracy|curves: recipes side by side"),
+    "bench": ("booksegm.bench", "speed against a plain torchvision loop; bench accuracy|curves: recipes side by "
+                                "side; bench inventory: shelf order"),
     "sweep-report": ("booksegm.sweep_report", "rank the jobs of a Hydra multirun by validation mask AP"),
     "weights": ("booksegm.weights", "the models bundled in the package: recipe, data, figures, sha256"),
 }

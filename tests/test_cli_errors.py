@@ -19,7 +19,8 @@ from booksegm.data.__main__ import main as data_main
 from booksegm.errors import UserError, cli_errors
 from booksegm.model.interrupt import TrainingInterrupted
 
-HYDRA_COMMANDS = ("train", "evaluate", "predict", "export")
+HYDRA_COMMANDS = ("train", "evaluate", "predict", "inventory", "export")
+PHOTO_COMMANDS = ("predict", "inventory")  # these need an input
 # raised and caught inside a reader, for one region it counts and skips: never reaches a user
 INTERNAL = {"booksegm.data.records.SkipRegion", "booksegm.data.records.BadRegion"}
 
@@ -33,7 +34,7 @@ def assert_one_line(stderr: str, message: str) -> None:
 
 @pytest.mark.parametrize("command", HYDRA_COMMANDS)
 def test_a_missing_checkpoint_is_the_same_line_from_every_command(command, tmp_path, synthetic_set):
-    extra = [f"input={synthetic_set / 'images'}"] if command == "predict" else []
+    extra = [f"input={synthetic_set / 'images'}"] if command in PHOTO_COMMANDS else []
     result = run_command(command, tmp_path, "ckpt_path=/no/such.ckpt", *extra)
     assert result.returncode == 1, result.stderr[-3000:]
     assert_one_line(result.stderr, "/no/such.ckpt: no such checkpoint file")

@@ -23,6 +23,7 @@ from booksegm.evaluate import EvaluateConfig
 from booksegm.export import ExportConfig
 from booksegm.model.build import ModelConfig
 from booksegm.model.module import OptimConfig
+from booksegm.photos import PhotoSettings
 from booksegm.predict import PredictConfig
 
 CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
@@ -33,6 +34,7 @@ BASES = {
     "model/maskrcnn.yaml": ModelConfig,
     "train/default.yaml": OptimConfig,
     "predict.yaml": PredictConfig,
+    "inventory.yaml": PhotoSettings,
     "evaluate.yaml": EvaluateConfig,
     "export.yaml": ExportConfig,
 }

@@ -1,5 +1,6 @@
-"""Benchmarks: ``python -m booksegm.bench [speed] [--steps 20 --image-size 256 ...]`` and
-``python -m booksegm.bench accuracy|curves`` (booksegm.bench.accuracy: recipes trained side by side).
+"""Benchmarks: ``python -m booksegm.bench [speed] [--steps 20 --image-size 256 ...]``,
+``python -m booksegm.bench accuracy|curves`` (booksegm.bench.accuracy: recipes trained side by side) and
+``python -m booksegm.bench inventory`` (booksegm.bench.inventory: shelf rows and order on rendered shelves).
 
 Prints figures, asserts nothing. The speed benchmark, in one process, on the same synthetic data,
 model layout and hyperparameters, times:
@@ -217,6 +218,10 @@ def main(argv=None) -> int:
         from booksegm.bench import accuracy
 
         return (accuracy.main if argv[0] == "accuracy" else accuracy.curves_main)(argv[1:])
+    if argv[:1] == ["inventory"]:
+        from booksegm.bench import inventory
+
+        return inventory.main(argv[1:])
     if argv[:1] == ["throughput"]:
         from booksegm.bench import throughput
 

@@ -1,4 +1,5 @@
-"""Pictures of predictions: instance overlays, matterport's colour splash, image grids, PR curves.
+"""Pictures of predictions: instance overlays (captioned or numbered), matterport's colour splash, image
+grids, PR curves.
 
 Drawing uses numpy and OpenCV only, so overlays are cheap enough for every validation step;
 matplotlib is imported by ``plot_pr_curves`` alone.
@@ -75,6 +76,17 @@ def draw_instances(
         caption = _caption(i, scores, labels, class_names)
         if caption:
             _put_text(out, caption, anchor, color, font_scale)
+    return out
+
+
+def draw_numbered(image: np.ndarray, masks: ArrayLike, numbers: Sequence[str],
+                  anchors: Sequence[tuple[float, float]]) -> np.ndarray:
+    """``draw_instances``' fills and outlines, and each instance's number on a tag centred at its anchor."""
+    out = draw_instances(image, masks)
+    scale = max(0.35, min(image.shape[:2]) / 1000)
+    for number, (x, y), color in zip(numbers, anchors, palette(len(numbers)), strict=True):
+        (w, h), baseline = cv2.getTextSize(number, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        _put_text(out, number, (round(x - w / 2), round(y + (h + baseline + 2) / 2)), color.tolist(), scale)
     return out
 
 

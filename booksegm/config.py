@@ -30,6 +30,7 @@ keys of the user's choosing, and a ``_target_``'s section takes the target's arg
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import inspect
@@ -83,17 +84,24 @@ FREE_FORM_SECTIONS = ("callbacks", "logger", "hydra", "data.class_aliases")
 INSTANTIATE_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}  # Hydra's, beside the arguments
 
 
+def read_command_line(argv: list[str]) -> argparse.Namespace | None:
+    """Hydra's own reading of ``argv`` (program first): its flags, and in ``overrides`` the words that
+    are overrides, wherever they stand; None for a command line Hydra refuses (a bad flag) or answers
+    and exits on (--version): Hydra then says so itself."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return get_args_parser().parse_args(argv[1:])
+        except SystemExit:
+            return None
+
+
 def check_command_line(config_name: str, argv: list[str]) -> None:
     """Raise a ConfigError naming the closest known key for an override (``argv[1:]``) of a key that
     ``config_name`` composed with the command line's group choices does not have. A command line Hydra
     itself refuses, or one that does not compose a config (--help), is left to Hydra."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:  # Hydra's own parser: which words are overrides (--version and a bad flag exit)
-            args = get_args_parser().parse_args(argv[1:])
-        except SystemExit:
-            return
-    if any((args.help, args.hydra_help, args.info, args.shell_completion, args.config_path, args.config_name,
-            args.config_dir, args.experimental_rerun)):
+    args = read_command_line(argv)
+    if args is None or any((args.help, args.hydra_help, args.info, args.shell_completion, args.config_path,
+                            args.config_name, args.config_dir, args.experimental_rerun)):
         return
     conf = files("booksegm.conf")
     try:

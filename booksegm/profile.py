@@ -10,13 +10,12 @@ train profile=cpu`` on a GPU box.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 
 import torch
-from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
+
+from booksegm.config import read_command_line
 
 NAMES_A_PROFILE = re.compile(r"^[+~]{0,2}profile(=|$)")
 
@@ -29,15 +28,11 @@ def with_profile(argv: list[str]) -> list[str]:
     """``argv`` (program first) with ``profile=<default_profile()>`` before its first override (first of
     all without one) unless an override names a profile. A command line Hydra refuses is left as it
     is: Hydra then says what is wrong with it, as without a profile."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:  # Hydra's own parser: which words are overrides (--version and a bad flag exit)
-            args = get_args_parser().parse_args(argv[1:])
-        except SystemExit:
-            return list(argv)
-    overrides = args.overrides
+    args = read_command_line(argv)
     # --hydra-help composes Hydra's own config alone, which refuses any override
-    if args.hydra_help or any(NAMES_A_PROFILE.match(arg) for arg in overrides):
+    if args is None or args.hydra_help or any(NAMES_A_PROFILE.match(arg) for arg in args.overrides):
         return list(argv)
+    overrides = args.overrides
     at = next((i for i in range(1, len(argv)) if argv[i:i + len(overrides)] == overrides), 1) if overrides else 1
     return [*argv[:at], f"profile={default_profile()}", *argv[at:]]
 

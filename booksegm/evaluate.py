@@ -77,7 +77,7 @@ def data_config(cfg: DictConfig, loaded: LoadedModel, overrides: list[str]) -> D
 
 @torch.no_grad()
 def run_evaluation(loaded: LoadedModel, datamodule: BookDataModule, score_threshold: float,
-                   max_side: int) -> EvaluationReport:
+                   max_side: int = DEFAULT_MAX_SIDE) -> EvaluationReport:
     """The model over every validation image of ``datamodule`` (set up), with a progress bar."""
     names = [record.file_name for record in datamodule.val_records]
     report = EvaluationReport(loaded.class_names, score_threshold)

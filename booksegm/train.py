@@ -121,7 +121,8 @@ def check_not_a_ddp_sweep(trainer: pl.Trainer) -> None:
     """Lightning starts a DDP run's other processes on this machine as copies of this command line,
     which under ``-m`` is the whole sweep again: each copy would run every job, joining whichever
     process group it meets. Processes that torchrun or srun start are not copies of this one."""
-    if HydraConfig.get().mode == RunMode.MULTIRUN and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN  # train() outside Hydra: a notebook
+    if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(f"DDP with {trainer.num_devices} processes a machine in a multirun (-m): run each job as its "
                           "own command, or start the processes with torchrun or srun (docs/scaling.md)")
 

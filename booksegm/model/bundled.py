@@ -54,6 +54,11 @@ def bundled_path(name: str) -> Path:
     return bundled_folder() / f"{name}.pth"
 
 
+def is_bundled(name: str) -> bool:
+    """Whether ``name`` names a bundled model (a look at one file, not a read of every card)."""
+    return "/" not in name and bundled_path(name).is_file()
+
+
 def bundled_models() -> dict[str, BundledModel]:
     """Every model in the package, by name."""
     models = {}
@@ -73,7 +78,7 @@ def bundled_model(name: str) -> BundledModel:
 def model_file(ckpt_path: str | Path | None) -> Path:
     """The file a command loads: ``ckpt_path`` itself, the bundled model it names (``books``), or the
     default bundled model when it is unset (said in one line)."""
-    if ckpt_path is None or str(ckpt_path) in bundled_models():
+    if ckpt_path is None or is_bundled(str(ckpt_path)):
         model = bundled_model(DEFAULT_MODEL if ckpt_path is None else str(ckpt_path))
         if ckpt_path is None:
             log.info("no ckpt_path given: using the bundled %r model (booksegm weights describes it)", model.name)

@@ -18,7 +18,7 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskR
 from booksegm.config import ConfigError
 from booksegm.errors import UserError
 from booksegm.model.build import BACKBONES, is_mobilenet
-from booksegm.model.bundled import bundled_models
+from booksegm.model.bundled import bundled_path, is_bundled
 from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,7 @@ def weights_file(spec: str, runs_root: Path | None) -> Path | None:
         return None
     if spec == "last":
         return find_last_checkpoint(runs_root)
-    bundled = bundled_models()
-    return bundled[spec].weights if spec in bundled else Path(spec).expanduser()
+    return bundled_path(spec) if is_bundled(spec) else Path(spec).expanduser()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -8,12 +8,12 @@ the section's base YAML lists the same keys and values, with a one-line comment 
 
   conf/data/via.yaml          DataConfig (+ ResizeConfig, AugmentConfig, SyntheticConfig)
   conf/model/maskrcnn.yaml    ModelConfig (+ AnchorConfig), booksegm/model/build.py
-  conf/train/default.yaml     OptimConfig (+ StageConfig), booksegm/model/module.py
-  conf/predict.yaml           PredictConfig (+ PhotoSettings, booksegm/photos.py), booksegm/predict.py
-  conf/inventory.yaml         PhotoSettings, booksegm/photos.py (booksegm/inventory.py)
-  conf/evaluate.yaml          EvaluateConfig, booksegm/evaluate.py
-  conf/export.yaml            ExportConfig, booksegm/export.py
-  conf/callbacks/default.yaml EMAWeights' and ModelInALine's arguments, booksegm/model/ema.py, summary.py
+  conf/train/default.yaml     OptimConfig (+ StageConfig), booksegm/training/module.py
+  conf/predict.yaml           PredictConfig (+ PhotoSettings, booksegm/photos.py), booksegm/cli/predict.py
+  conf/inventory.yaml         PhotoSettings, booksegm/photos.py (booksegm/cli/inventory.py)
+  conf/evaluate.yaml          EvaluateConfig, booksegm/cli/evaluate.py
+  conf/export.yaml            ExportConfig, booksegm/cli/export.py
+  conf/callbacks/default.yaml EMAWeights' and ModelInALine's arguments, booksegm/training/ema.py, summary.py
 
 A YAML value may differ only where the dataclass cannot hold it: a required value (``???``,
 a field without a default) or an interpolation such as ``${paths.cache_dir}``. The other YAMLs

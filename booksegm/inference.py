@@ -34,8 +34,13 @@ from booksegm.data.dataset import to_tensor
 from booksegm.data.resize import ResizeConfig, resize_image_and_polygons
 from booksegm.model.build import ModelConfig, build_maskrcnn, without_retired_keys
 from booksegm.model.bundled import model_file
-from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
-from booksegm.model.module import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY, display_threshold
+from booksegm.model.checkpoint_file import (
+    RUN_CONFIG_KEY,
+    SCORE_THRESHOLD_KEY,
+    CheckpointError,
+    display_threshold,
+    read_torch_file,
+)
 from booksegm.model.tta import TTAMaskRCNN
 
 log = logging.getLogger(__name__)

@@ -49,8 +49,8 @@ def train_env(root: Path) -> dict:
 
 
 def run_command(command: str, root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """``python -m booksegm.<command> OVERRIDES`` run in ``root``."""
-    return subprocess.run([sys.executable, "-m", f"booksegm.{command}", *overrides], cwd=root, env=train_env(root),
+    """``booksegm <command> OVERRIDES`` (as ``python -m booksegm``) run in ``root``."""
+    return subprocess.run([sys.executable, "-m", "booksegm", command, *overrides], cwd=root, env=train_env(root),
                           capture_output=True, text=True, timeout=600)
 
 

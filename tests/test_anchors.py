@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from booksegm.anchors import AnchorSet, best_iou, box_shapes, main, score, suggest
+from booksegm.cli.anchors import AnchorSet, best_iou, box_shapes, main, score, suggest
 from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import generate_dataset

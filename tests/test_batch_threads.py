@@ -13,8 +13,8 @@ import torch
 from support import tiny_config
 
 from booksegm.config import ConfigError
-from booksegm.model.batch_threads import BatchThreads
-from booksegm.model.module import BookSegmModule, OptimConfig
+from booksegm.training.batch_threads import BatchThreads
+from booksegm.training.module import BookSegmModule, OptimConfig
 
 
 def test_shares_cover_the_batch_in_order_weighted_by_their_images():
@@ -152,7 +152,7 @@ def test_a_failing_share_leaves_its_turns_to_the_others():
 
 
 def test_a_batchnorm_model_trains_in_one_pass(synthetic_datamodule, caplog):
-    with caplog.at_level(logging.INFO, logger="booksegm.model.module"):
+    with caplog.at_level(logging.INFO, logger="booksegm.training.module"):
         module, names, before = fit_recording_threads(synthetic_datamodule, norm="batch")
     assert names == {threading.main_thread().name, "backward in " + threading.main_thread().name}
     assert "train.batch_threads=2 ignored: this model trains BatchNorm" in caplog.text

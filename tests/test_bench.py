@@ -10,7 +10,7 @@ import torch
 from support import TINY, compose_config, select_values, train_env
 
 from booksegm.bench.__main__ import main, model_settings
-from booksegm.model.module import build_optimizer
+from booksegm.training.module import build_optimizer
 
 
 def test_bench_prints_synth_data_train_and_predict_figures(capsys):

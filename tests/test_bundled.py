@@ -14,13 +14,13 @@ import pytest
 import torch
 from support import tiny_config
 
+from booksegm.cli.weights import describe
+from booksegm.cli.weights import main as weights_main
 from booksegm.data.synthetic import render_scene
 from booksegm.inference import load_model, predict_images
 from booksegm.model import bundled
 from booksegm.model.build import build_maskrcnn
 from booksegm.model.weights import load_initial_weights, weights_file
-from booksegm.weights import describe
-from booksegm.weights import main as weights_main
 
 REPO = Path(__file__).resolve().parent.parent
 

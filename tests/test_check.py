@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from booksegm.data.__main__ import main
+from booksegm.cli.data import main
 from booksegm.data.check import summarize
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.formats import load_annotations

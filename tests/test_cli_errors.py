@@ -14,10 +14,10 @@ import pytest
 from support import run_command
 
 import booksegm
-from booksegm.anchors import main as anchors_main
-from booksegm.data.__main__ import main as data_main
+from booksegm.cli.anchors import main as anchors_main
+from booksegm.cli.data import main as data_main
 from booksegm.errors import UserError, cli_errors
-from booksegm.model.interrupt import TrainingInterrupted
+from booksegm.training.interrupt import TrainingInterrupted
 
 HYDRA_COMMANDS = ("train", "evaluate", "predict", "inventory", "export")
 PHOTO_COMMANDS = ("predict", "inventory")  # these need an input
@@ -84,7 +84,7 @@ def test_every_error_booksegm_defines_is_a_user_error():
                for _, cls in inspect.getmembers(sys.modules[name], inspect.isclass)
                if issubclass(cls, BaseException) and cls.__module__ == name}
     assert {"booksegm.config.ConfigError", "booksegm.model.checkpoint_file.CheckpointError",
-            "booksegm.model.interrupt.TrainingInterrupted"} < defined.keys()
+            "booksegm.training.interrupt.TrainingInterrupted"} < defined.keys()
     assert INTERNAL < defined.keys()
     assert sorted(name for name, cls in defined.items() if name not in INTERNAL and not issubclass(cls, UserError)) == []
 

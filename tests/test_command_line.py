@@ -47,7 +47,7 @@ def argv(command: str, form: str) -> list[str]:
 # each command line through booksegm's own dispatcher, in this one process; what it printed and its exit code
 RUN_ALL = """
 import contextlib, io, json, sys
-from booksegm.__main__ import main
+from booksegm.cli.main import main
 results = {}
 for key, args in json.loads(sys.argv[1]).items():
     out, err, code = io.StringIO(), io.StringIO(), 0

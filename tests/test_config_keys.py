@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from booksegm.__main__ import main
+from booksegm.cli.main import main
 from booksegm.config import ConfigError, check_command_line
 
 TOP_LEVEL = ("callbacks, ckpt_path, data, logger, model, optimized_metric, paths, seed, task_name, train, "

@@ -16,15 +16,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from booksegm import train
+from booksegm.cli import train
+from booksegm.cli.evaluate import EvaluateConfig
+from booksegm.cli.export import ExportConfig
+from booksegm.cli.predict import PredictConfig
 from booksegm.data.datamodule import DataConfig
 from booksegm.data.resize import ResizeConfig
-from booksegm.evaluate import EvaluateConfig
-from booksegm.export import ExportConfig
 from booksegm.model.build import ModelConfig
-from booksegm.model.module import OptimConfig
 from booksegm.photos import PhotoSettings
-from booksegm.predict import PredictConfig
+from booksegm.training.module import OptimConfig
 
 CONF = Path(files("booksegm.conf"))  # the configs the entry points load: pkg://booksegm.conf
 
@@ -40,7 +40,7 @@ BASES = {
 }
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": OptimConfig}  # of train's composed config
 INSTANTIATED = ("callbacks", "logger")  # sections of `_target_` entries: their keys are the target's arguments
-# train's own top-level keys, read directly by booksegm/train.py (task_name names the run folder)
+# train's own top-level keys, read directly by booksegm/cli/train.py (task_name names the run folder)
 RUN_KEYS = {"task_name", "seed", "ckpt_path", "optimized_metric"}
 NOT_SETTINGS = {"defaults", "task_name"}  # Hydra's, in every command YAML
 

@@ -21,7 +21,8 @@ from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.sampler import ResumableLoader, SeededShuffleSampler
 from booksegm.data.synthetic import generate_dataset
-from booksegm.model.module import RUN_CONFIG_KEY, BookSegmModule
+from booksegm.model.checkpoint_file import RUN_CONFIG_KEY
+from booksegm.training.module import BookSegmModule
 
 
 def load_checkpoint(path) -> dict:
@@ -98,7 +99,8 @@ from pathlib import Path
 import numpy as np, pytorch_lightning as pl, torch
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
-from booksegm.model.module import RUN_CONFIG_KEY, BookSegmModule
+from booksegm.model.checkpoint_file import RUN_CONFIG_KEY
+from booksegm.training.module import BookSegmModule
 
 class EchoModule(BookSegmModule):
     def validation_step(self, batch, batch_idx):
@@ -181,7 +183,8 @@ from pytorch_lightning.strategies import DDPStrategy
 from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.model.build import ModelConfig
-from booksegm.model.module import RUN_CONFIG_KEY, BookSegmModule
+from booksegm.model.checkpoint_file import RUN_CONFIG_KEY
+from booksegm.training.module import BookSegmModule
 
 class PoisonedLoss(BookSegmModule):
     def weighted_losses(self, images, targets):

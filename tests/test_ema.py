@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from booksegm.config import ConfigError
-from booksegm.model.ema import EMAWeights
+from booksegm.training.ema import EMAWeights
 
 
 def test_the_decay_ramps_up_from_a_copy_to_its_target():

@@ -10,10 +10,10 @@ import pytest
 import torch
 from support import TINY, compose_config, run_command
 
-from booksegm.evaluate import evaluate
+from booksegm.cli.evaluate import evaluate
+from booksegm.cli.export import ExportConfig, export
 from booksegm.evaluation.report import EvaluationReport
 from booksegm.evaluation.voc import mean_voc_ap
-from booksegm.export import ExportConfig, export
 
 SIZE = 40
 

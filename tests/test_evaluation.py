@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from booksegm.evaluation.coco_eval import CocoEvaluator
-from booksegm.evaluation.visualize import color_splash, draw_instances, make_grid, plot_pr_curves
 from booksegm.evaluation.voc import compute_ap, match_instances, mean_voc_ap, voc_ap
+from booksegm.viz.curves import plot_pr_curves
+from booksegm.viz.overlays import color_splash, draw_instances, make_grid
 
 SIZE = 32
 

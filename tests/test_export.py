@@ -18,9 +18,7 @@ import pytorch_lightning as pl
 import torch
 from support import compose_config
 
-from booksegm.config import ConfigError, to_dataclass
-from booksegm.data.synthetic import render_scene
-from booksegm.export import (
+from booksegm.cli.export import (
     TORCHVISION_RECIPE,
     ExportConfig,
     compare,
@@ -28,9 +26,11 @@ from booksegm.export import (
     export,
     load_exported,
 )
+from booksegm.config import ConfigError, to_dataclass
+from booksegm.data.synthetic import render_scene
 from booksegm.inference import load_model, prepare_image, set_detection_limits
-from booksegm.model.module import BookSegmModule
 from booksegm.model.tta import TTAMaskRCNN
+from booksegm.training.module import BookSegmModule
 
 TINY_MODEL = {"backbone": "resnet18", "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
               "box_detections_per_img": 10}

@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from booksegm.data.__main__ import main
+from booksegm.cli.data import main
 from booksegm.data.formats import load_annotations, save_annotations
 from booksegm.data.formats.coco import read_coco, rle_mask, rle_string_counts, write_coco
 from booksegm.data.formats.options import ReaderOptions

@@ -16,7 +16,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.model import weights
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, is_torchvision_v1_layout
-from booksegm.model.module import OptimConfig, build_optimizer, lr_factor
+from booksegm.training.module import OptimConfig, build_optimizer, lr_factor
+
 
 @pytest.mark.parametrize("path", ["model/maskrcnn.yaml", "train/default.yaml"])
 def test_every_config_value_is_commented(path):

@@ -16,11 +16,10 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 
 from booksegm.config import ConfigError
-from booksegm.model.checkpoint_file import CheckpointError
 from booksegm.inference import load_model, set_detection_limits
 from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, rescore_by_maskness
+from booksegm.model.checkpoint_file import DEFAULT_SCORE_THRESHOLD, CheckpointError
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
-from booksegm.model.module import DEFAULT_SCORE_THRESHOLD
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict
 
 
@@ -276,7 +275,7 @@ def test_impossible_profile_knobs_are_named(overrides, message):
 
 
 def test_resnet_stage_groups_are_refused_for_a_mobilenet_backbone():
-    from booksegm.model.module import BookSegmModule
+    from booksegm.training.module import BookSegmModule
 
     model = vars(tiny_config(backbone="mobilenet_v3_large"))
     model["anchors"] = vars(model["anchors"])
@@ -287,7 +286,7 @@ def test_resnet_stage_groups_are_refused_for_a_mobilenet_backbone():
 @pytest.mark.parametrize("calibrated, drawn_from", [(None, DEFAULT_SCORE_THRESHOLD), (0.3, 0.3)])
 def test_validation_pictures_show_detections_from_the_score_predict_would_use(monkeypatch, calibrated, drawn_from):
     """TensorBoard's val/predictions draw from the run's calibrated score, else matterport's 0.7, as predict shows."""
-    from booksegm.model import module as module_code
+    from booksegm.training import module as module_code
 
     model = vars(tiny_config())
     model["anchors"] = vars(model["anchors"])

@@ -10,7 +10,7 @@ import torch
 from support import run_train, tiny_config
 
 from booksegm.data.datamodule import BookDataModule
-from booksegm.model.module import BookSegmModule, NonFiniteTrainingError
+from booksegm.training.module import BookSegmModule, NonFiniteTrainingError
 
 
 class PoisonedGradients(BookSegmModule):

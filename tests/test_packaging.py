@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from support import TORCH_THREADS
 
-from booksegm.__main__ import COMMANDS
+from booksegm.cli.main import COMMANDS
 from booksegm.data.synthetic import render_scene
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def test_booksegm_train_takes_overrides_and_multirun(venv, tmp_path):
 
 def test_the_other_hydra_commands_of_the_wheel_find_their_configs_and_give_hydra_help(venv, tmp_path):
     # one process, as each imports torch: Hydra mains run one after another
-    script = ("from booksegm.__main__ import main\n"
+    script = ("from booksegm.cli.main import main\n"
               "for command in ('evaluate', 'predict', 'export'):\n"
               "    main([command, '--cfg', 'job', 'ckpt_path=given.ckpt'])\n"
               "main(['train', '--help'])\n")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from support import run_command
 
-from booksegm.model.module import RUN_CONFIG_KEY
+from booksegm.model.checkpoint_file import RUN_CONFIG_KEY
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from support import compose_config
 
+from booksegm.cli.export import write_state_dict
+from booksegm.cli.predict import PhotoOutputs, PredictConfig, predict
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.formats.coco import read_coco
 from booksegm.data.formats.options import ReaderOptions
@@ -24,7 +26,6 @@ from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import render_scene
 from booksegm.data.transforms import rasterize
 from booksegm.evaluation.voc import mask_ious
-from booksegm.export import write_state_dict
 from booksegm.inference import (
     Detections,
     LoadedModel,
@@ -36,7 +37,6 @@ from booksegm.inference import (
     set_detection_limits,
 )
 from booksegm.model.build import ModelConfig, build_maskrcnn
-from booksegm.predict import PhotoOutputs, PredictConfig, predict
 
 TINY_MODEL = ModelConfig(backbone="resnet18", rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
                          box_detections_per_img=10)
@@ -145,7 +145,7 @@ PEAK_RSS_LIMIT_GB = 3.0
 ADDRESS_SPACE_LIMIT = 10 << 30  # the child's: an unbounded run stops there, not at the machine's memory
 MEASURE_PREDICT = """
 import logging, resource, sys
-from booksegm.predict import PredictConfig, predict
+from booksegm.cli.predict import PredictConfig, predict
 logging.basicConfig(level=logging.INFO)
 predict(PredictConfig(ckpt_path=sys.argv[1], input=sys.argv[2], output_dir=sys.argv[3], formats=["overlay", "coco"],
                       score_threshold=0.0, device="cpu"))

@@ -14,7 +14,7 @@ from booksegm.config import to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig, SyntheticConfig
 from booksegm.data.resize import ResizeConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
-from booksegm.profile import auto_precision, with_profile
+from booksegm.training.profile import auto_precision, with_profile
 
 # the CPU default docs/experiments.md measures (conf/model/maskrcnn_cpu.yaml, conf/data/synthetic.yaml,
 # conf/train/default.yaml, conf/trainer/default.yaml)

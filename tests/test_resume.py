@@ -22,10 +22,9 @@ from omegaconf import OmegaConf
 from support import CONF, TINY, compose_config, run_train, train_env
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from booksegm.model.checkpoint_file import AtomicCheckpointIO, CheckpointWriteError
-from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
-from booksegm.model.module import RUN_CONFIG_KEY
-from booksegm.resume import resume_config
+from booksegm.model.checkpoint_file import RUN_CONFIG_KEY, AtomicCheckpointIO, CheckpointWriteError
+from booksegm.training.interrupt import InterruptCheckpoint, TrainingInterrupted
+from booksegm.training.resume import resume_config
 
 # two epochs of 4 steps, last.ckpt every 2 steps: step 2 is mid-epoch
 SCHEDULE = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "callbacks.step_checkpoint.every_n_train_steps=2",

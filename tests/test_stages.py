@@ -15,8 +15,8 @@ from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.resize import ResizeConfig
 from booksegm.model.build import build_maskrcnn
-from booksegm.model.module import BookSegmModule, OptimConfig
-from booksegm.model.stages import StageConfig, StagedTraining, set_trainable_layers
+from booksegm.training.module import BookSegmModule, OptimConfig
+from booksegm.training.stages import StageConfig, StagedTraining, set_trainable_layers
 
 # resumed runs write to their own checkpoint folders, which Lightning remarks on
 pytestmark = pytest.mark.filterwarnings("ignore:The dirpath has changed")

@@ -14,8 +14,8 @@ import yaml
 from omegaconf import OmegaConf
 from support import CONF, compose_config, run_train
 
-from booksegm.sweep_report import main as sweep_report
-from booksegm.sweep_report import read_sweep
+from booksegm.cli.sweep_report import main as sweep_report
+from booksegm.cli.sweep_report import read_sweep
 
 
 def test_a_two_job_multirun_completes_and_the_report_lists_both(tmp_path, capsys):

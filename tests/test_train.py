@@ -15,11 +15,12 @@ import torch
 from support import BOOK, EXPERIMENTS, TINY, compose_config, run_train, tiny_config, write_via_set
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from booksegm.cli.train import build, check_run_length, train
 from booksegm.config import ConfigError, to_dataclass
 from booksegm.data.datamodule import DataConfig
 from booksegm.model.build import ModelConfig, build_maskrcnn
-from booksegm.model.module import BookSegmModule
-from booksegm.train import build, check_run_length, train
+from booksegm.training.module import BookSegmModule
+
 
 def test_tiny_training_run_writes_checkpoints_and_the_six_losses_and_ap(tiny_run):
     result = tiny_run.result

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.data.resize import ResizeConfig
-from booksegm.model.module import BookSegmModule, OptimConfig
+from booksegm.training.module import BookSegmModule, OptimConfig
 
 
 def test_training_skips_a_truncated_jpeg_found_at_start_up_and_runs_to_the_end(tmp_path):

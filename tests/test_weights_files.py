@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 from support import TINY, compose_config
 
-from booksegm.evaluate import evaluate
-from booksegm.export import ExportConfig, export
-from booksegm.model.checkpoint_file import CheckpointError
+from booksegm.cli.evaluate import evaluate
+from booksegm.cli.export import ExportConfig, export
+from booksegm.cli.predict import PredictConfig, predict
+from booksegm.cli.train import train
 from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.model.checkpoint_file import CheckpointError
 from booksegm.model.weights import load_initial_weights
-from booksegm.predict import PredictConfig, predict
-from booksegm.train import train
+
 
 class Custom:
     """A class of this test module: unpickling it would import and run code outside torch."""

@@ -45,7 +45,7 @@ from booksegm.data.synthetic import generate_dataset
 from booksegm.errors import cli_errors
 from booksegm.inference import select_device
 from booksegm.model.build import ModelConfig
-from booksegm.model.module import BookSegmModule, OptimConfig
+from booksegm.training.module import BookSegmModule, OptimConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from booksegm.config import ConfigError
+from booksegm.viz.curves import plot_learning_curves
 
 DEFAULT_RECIPES = ("default=", "cpu_default_v1=+experiment=cpu_default_v1")
 METRICS = ("val/mask_AP", "val/mask_AP50", "val/box_AP")
@@ -102,26 +103,6 @@ def learning_curve(run_dir: Path) -> list[tuple[float, float]]:
         return []
     start = events.FirstEventTimestamp()
     return [((e.wall_time - start) / 60, e.value) for e in events.Scalars("val/mask_AP")]
-
-
-def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: Path) -> Path:
-    """Validation mask AP against training time, one line per run."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, points in curves.items():
-        if points:
-            ax.plot(*zip(*points), marker="o", label=name)
-    ax.set(xlabel="training time (min)", ylabel="validation mask AP", title="Learning curves")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(loc="center right", fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
 
 
 def curves_main(argv: list[str]) -> int:

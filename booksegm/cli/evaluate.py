@@ -26,8 +26,8 @@ from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import STAT_NAMES
 from booksegm.evaluation.report import EvaluationReport
-from booksegm.evaluation.visualize import plot_pr_curves
 from booksegm.inference import DEFAULT_MAX_SIDE, LoadedModel, load_model, predict_inputs, read_settings, select_device
+from booksegm.viz.curves import plot_pr_curves
 
 SPLITS = ("val", "test")
 

@@ -31,10 +31,10 @@ from omegaconf import DictConfig
 from booksegm.config import check_command_line
 from booksegm.data.formats.geometry import largest_outline
 from booksegm.errors import cli_errors
-from booksegm.evaluation.visualize import draw_numbered
 from booksegm.inference import Detections, read_settings
 from booksegm.photos import PhotoSettings, closing_lines, detect_photos, save_png, start_run, with_input_override
 from booksegm.shelves import ShelvedBook, arrange, upright_crop
+from booksegm.viz.overlays import draw_numbered
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The ``booksegm`` command: ``booksegm COMMAND ARGS...`` runs ``python -m booksegm.MODULE ARGS...``.
+"""The ``booksegm`` command: ``booksegm COMMAND ARGS...`` runs ``python -m booksegm.cli.MODULE ARGS...``.
 
     booksegm train +experiment=anchors_16_256      # Hydra: overrides, --multirun, --cfg job, --help
     booksegm data check via_region_data.json
@@ -6,7 +6,7 @@
 
 A command runs its module as ``python -m`` does (runpy): the module is ``__main__`` and
 ``sys.argv[0]`` its file, so Hydra names the job and the run folder as before, and Lightning's
-DDP launcher starts the other GPUs' processes as ``python -m booksegm.MODULE ARGS...``.
+DDP launcher starts the other GPUs' processes as ``python -m booksegm.cli.MODULE ARGS...``.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ import sys
 from booksegm.errors import UserError, cli_errors
 
 COMMANDS = {  # command: (module, one line of help)
-    "train": ("booksegm.train", "train Mask R-CNN (Hydra: key=value overrides, +experiment=NAME, --multirun)"),
-    "evaluate": ("booksegm.evaluate", "COCO mAP, PR curves and per-image scores of a checkpoint (Hydra)"),
-    "predict": ("booksegm.predict", "segment books in photos, folders and videos: overlays, masks, COCO JSON (Hydra)"),
-    "inventory": ("booksegm.inventory", "books of shelf photos in rows, left to right: CSV/JSON, upright crops, "
-                                        "numbered overlays (Hydra)"),
-    "export": ("booksegm.export", "export a checkpoint as a torchvision state dict, TorchScript or ONNX (Hydra)"),
-    "data": ("booksegm.data", "annotation tools: synth (render the synthetic set), check, convert"),
-    "anchors": ("booksegm.anchors", "suggest anchor sizes and ratios from the boxes of an annotation file"),
+    "train": ("booksegm.cli.train", "train Mask R-CNN (Hydra: key=value overrides, +experiment=NAME, --multirun)"),
+    "evaluate": ("booksegm.cli.evaluate", "COCO mAP, PR curves and per-image scores of a checkpoint (Hydra)"),
+    "predict": ("booksegm.cli.predict", "segment books in photos, folders and videos: overlays, masks, COCO JSON "
+                                        "(Hydra)"),
+    "inventory": ("booksegm.cli.inventory", "books of shelf photos in rows, left to right: CSV/JSON, upright "
+                                            "crops, numbered overlays (Hydra)"),
+    "export": ("booksegm.cli.export", "export a checkpoint as a torchvision state dict, TorchScript or ONNX (Hydra)"),
+    "data": ("booksegm.cli.data", "annotation tools: synth (render the synthetic set), check, convert"),
+    "anchors": ("booksegm.cli.anchors", "suggest anchor sizes and ratios from the boxes of an annotation file"),
     "bench": ("booksegm.bench", "speed against a plain torchvision loop; bench accuracy|curves: recipes side by "
                                 "side; bench inventory: shelf order"),
-    "sweep-report": ("booksegm.sweep_report", "rank the jobs of a Hydra multirun by validation mask AP"),
-    "weights": ("booksegm.weights", "the models bundled in the package: recipe, data, figures, sha256"),
+    "sweep-report": ("booksegm.cli.sweep_report", "rank the jobs of a Hydra multirun by validation mask AP"),
+    "weights": ("booksegm.cli.weights", "the models bundled in the package: recipe, data, figures, sha256"),
 }
 
 
@@ -37,7 +38,7 @@ def usage() -> str:
     return "\n".join([
         "usage: booksegm COMMAND ARGS...", "", "commands:",
         *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()), "",
-        "`booksegm COMMAND --help` gives a command's own help; `python -m booksegm.MODULE ARGS...` works too.",
+        "`booksegm COMMAND --help` gives a command's own help; `python -m booksegm.cli.MODULE ARGS...` works too.",
     ])
 
 

@@ -44,9 +44,9 @@ from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 from booksegm.data.resize import ResizeConfig
 from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import encode_masks
-from booksegm.evaluation.visualize import color_splash, draw_instances
 from booksegm.inference import Detections, LoadedModel, predict_images, read_settings
 from booksegm.photos import PhotoSettings, closing_lines, detect_photos, save_png, start_run, with_input_override
+from booksegm.viz.overlays import color_splash, draw_instances
 
 log = logging.getLogger(__name__)
 

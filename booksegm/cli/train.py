@@ -17,11 +17,10 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -29,12 +28,12 @@ from booksegm.config import ConfigError, as_plain, check_command_line, to_datacl
 from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
 from booksegm.model.checkpoint_file import AtomicCheckpointIO
-from booksegm.model.interrupt import InterruptCheckpoint, TrainingInterrupted
-from booksegm.model.module import BookSegmModule
-from booksegm.model.stages import StagedTraining
 from booksegm.model.weights import load_initial_weights, read_state_dict, weights_file
-from booksegm.profile import with_profile  # also registers ${auto_precision:}
-from booksegm.resume import read_resumed
+from booksegm.training.interrupt import InterruptCheckpoint, TrainingInterrupted
+from booksegm.training.module import BookSegmModule
+from booksegm.training.profile import with_profile  # also registers ${auto_precision:}
+from booksegm.training.resume import read_resumed
+from booksegm.training.stages import StagedTraining
 
 log = logging.getLogger(__name__)
 

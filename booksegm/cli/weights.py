@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 
+from booksegm.cli.export import write_state_dict
 from booksegm.errors import cli_errors
-from booksegm.export import write_state_dict
 from booksegm.inference import SPEC_SECTION, load_model
 from booksegm.model.bundled import CARD_SECTION, DEFAULT_MODEL, bundled_models, bundled_path, sha256_of
 

@@ -26,6 +26,9 @@ TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})
 # it blocks outright (os.system: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked")
 UNSAFE_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)")
 MODEL_FILES = "booksegm reads a Lightning .ckpt or an exported state dict .pth"
+SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
+DEFAULT_SCORE_THRESHOLD = 0.7  # matterport's DETECTION_MIN_CONFIDENCE, for a model without a calibrated score
+RUN_CONFIG_KEY = "booksegm_config"  # checkpoint entry: the run's resolved config (data, model, train, trainer)
 
 
 class CheckpointError(UserError, ValueError):
@@ -118,3 +121,9 @@ def why_unreadable(err: Exception, head: bytes, names: list[str] | None) -> str:
         return "not a readable PyTorch checkpoint: a text file"
     return ("not a readable PyTorch checkpoint: neither torch.save's zip archive nor its older pickle "
             f"(an ONNX export? it runs on its own; {MODEL_FILES})")
+
+
+def display_threshold(requested: float | None, calibrated: float | None) -> float:
+    """The score from which detections are shown and counted: the one asked for, else the model's
+    calibrated one (the F1-best of its last validation), else matterport's default."""
+    return next((t for t in (requested, calibrated) if t is not None), DEFAULT_SCORE_THRESHOLD)

@@ -17,19 +17,17 @@ from booksegm.config import ConfigError, to_dataclass
 from booksegm.distributed import all_processes
 from booksegm.errors import UserError
 from booksegm.evaluation.coco_eval import CocoEvaluator
-from booksegm.evaluation.visualize import draw_instances, make_grid
-from booksegm.model.batch_threads import BatchThreads, trains_batchnorm
 from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet, without_retired_keys
+from booksegm.model.checkpoint_file import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY, display_threshold
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
-from booksegm.model.stages import StageConfig, validate_stages
+from booksegm.training.batch_threads import BatchThreads, trains_batchnorm
+from booksegm.training.stages import StageConfig, validate_stages
+from booksegm.viz.overlays import draw_prediction, make_grid
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-SCORE_THRESHOLD_KEY = "score_threshold"  # checkpoint entry: the F1-best score of the last validation
-DEFAULT_SCORE_THRESHOLD = 0.7  # matterport's DETECTION_MIN_CONFIDENCE, for a model without a calibrated score
-RUN_CONFIG_KEY = "booksegm_config"  # checkpoint entry: the run's resolved config (data, model, train, trainer)
 VAL_HISTORY_KEY = "val_history"  # checkpoint entry: every validation so far, so a resumed run's metrics.json is whole
 
 
@@ -305,24 +303,3 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.step_gamma ** sum(progress >= m for m in cfg.step_milestones)
-
-
-def display_threshold(requested: float | None, calibrated: float | None) -> float:
-    """The score from which detections are shown and counted: the one asked for, else the model's
-    calibrated one (the F1-best of its last validation), else matterport's default."""
-    return next((t for t in (requested, calibrated) if t is not None), DEFAULT_SCORE_THRESHOLD)
-
-
-@torch.no_grad()
-def draw_prediction(image: torch.Tensor, prediction: dict, class_names: list[str], score_threshold: float):
-    """One validation image with its confident predicted masks drawn on it (uint8 HWC)."""
-    keep = prediction["scores"] >= score_threshold
-    picture = (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8)
-    return draw_instances(
-        picture,
-        (prediction["masks"][keep, 0] >= 0.5).cpu().numpy(),
-        boxes=prediction["boxes"][keep].cpu().numpy(),
-        scores=prediction["scores"][keep].cpu().numpy(),
-        labels=prediction["labels"][keep].cpu().numpy(),
-        class_names=class_names,
-    )

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from booksegm.config import ConfigError
 from booksegm.inference import read_run_config
 from booksegm.model.checkpoint_file import read_torch_file
-from booksegm.model.module import BookSegmModule
+from booksegm.training.module import BookSegmModule
 
 log = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ class StagedTraining(pl.Callback):
 
     The LightningModule must build its optimizer in ``configure_optimizers`` from its ``stage``
     attribute (LR and length of the schedule) and its trainable parameters, as
-    :class:`booksegm.model.module.BookSegmModule` does; this callback sets both, then calls
+    :class:`booksegm.training.module.BookSegmModule` does; this callback sets both, then calls
     ``trainer.strategy.setup_optimizers`` at each boundary. The datamodule needs a ``cfg.resize``
     (:class:`booksegm.data.datamodule.BookDataModule`) when stages resize.
     """

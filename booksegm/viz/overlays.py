@@ -1,8 +1,7 @@
 """Pictures of predictions: instance overlays (captioned or numbered), matterport's colour splash, image
-grids, PR curves.
+grids, a validation image's predictions.
 
-Drawing uses numpy and OpenCV only, so overlays are cheap enough for every validation step;
-matplotlib is imported by ``plot_pr_curves`` alone.
+Drawing uses numpy and OpenCV only, so overlays are cheap enough for every validation step.
 """
 
 from __future__ import annotations
@@ -10,10 +9,10 @@ from __future__ import annotations
 import colorsys
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from booksegm.evaluation.voc import ArrayLike, binary_masks, to_numpy
 
@@ -141,26 +140,16 @@ def make_grid(images: Sequence[np.ndarray], ncols: int = 4, pad: int = 2) -> np.
     return grid
 
 
-def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
-    """Save precision/recall curves (e.g. ``CocoEvaluator.precision_recall``) as a PNG.
-
-    The legend gives each curve's AP, the mean precision over its recall points (COCO's AP
-    when the points are COCOeval's 101 recall thresholds).
-    """
-    # The object API with an Agg canvas: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, (recall, precision) in curves.items():
-        ax.plot(recall, precision, label=f"{name} (AP {np.nanmean(precision):.3f})")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(loc="lower left")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+@torch.no_grad()
+def draw_prediction(image: torch.Tensor, prediction: dict, class_names: list[str], score_threshold: float):
+    """One validation image with its confident predicted masks drawn on it (uint8 HWC)."""
+    keep = prediction["scores"] >= score_threshold
+    picture = (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8)
+    return draw_instances(
+        picture,
+        (prediction["masks"][keep, 0] >= 0.5).cpu().numpy(),
+        boxes=prediction["boxes"][keep].cpu().numpy(),
+        scores=prediction["scores"][keep].cpu().numpy(),
+        labels=prediction["labels"][keep].cpu().numpy(),
+        class_names=class_names,
+    )

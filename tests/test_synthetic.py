@@ -6,23 +6,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from booksegm.data.__main__ import main
+from booksegm.cli.data import main
 from booksegm.data.formats.options import ReaderOptions
 from booksegm.data.formats.via import read_via
 from booksegm.data.records import ClassMap
-from booksegm.data.synthetic import (
-    Item,
-    Scene,
-    draw,
-    generate_dataset,
-    leaves_books_whole,
-    new_scene,
-    photograph,
-    rectangle,
-    render_scene,
-    signed_area,
-    visible_outline,
-)
+from booksegm.data.synthetic import generate_dataset, render_scene
+from booksegm.data.synthetic.camera import photograph
+from booksegm.data.synthetic.geometry import rectangle, signed_area
+from booksegm.data.synthetic.scenes import Item, Scene, draw, leaves_books_whole, new_scene, visible_outline
 
 WIDTH, HEIGHT = 160, 120
 SEED = 7

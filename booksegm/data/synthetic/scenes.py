@@ -1,341 +1,47 @@
-"""Procedurally rendered photos of books, labelled as a VIA 2.x export.
-
-booksegm's default training run learns from this set, so it needs no download. Scenes are drawn
-with numpy and OpenCV only: bookcases with rows of spines (upright, leaning, lying in small
-stacks, now and then one facing out, a vase in front), and tables with single and stacked books
-seen in perspective, some standing against the wall behind. Each photo gets its own shadows,
-camera tilt, uneven lighting, blur and sensor noise; about 5% of photos show no book at all.
-
-Labels are the *visible* outline of each book: items are drawn back to front, the part of a
-book hidden by later items is cut away, and layouts that would split a book into pieces or punch
-a hole in it are rejected, so one polygon describes each book. Books of which little is left in
-the photo are not labelled.
-
-``generate_dataset(out_dir, ...)`` writes ``out_dir/images/synth_00000.jpg ...`` and then
-``out_dir/via_region_data.json``, whose ``filename`` entries are bare file names: the image root
-for reading it is ``out_dir/images``. Every image is rendered from ``np.random.default_rng([seed,
-index])``, so an image does not depend on how many are generated.
-
-``render_books`` also says where each book of a row was put (its board, its step along the row, its
-level in a stack), and ``shelf_order`` turns that into the row and position a shelf inventory
-should find (tests/test_inventory.py); recording it draws nothing and no random number.
-
-Coordinates follow booksegm.data.records: continuous pixel coordinates with the origin at the
-top-left corner of the top-left pixel, so pixel (i, j) covers [i, i+1) x [j, j+1).
-"""
+"""Scenes drawn item by item, back to front: rows and stacks of books, bookcases, tables, what stays in view."""
 
 from __future__ import annotations
 
-import colorsys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from booksegm.config import ConfigError
-from booksegm.data.formats.via import write_via
-from booksegm.data.records import AnnotationSet, ImageRecord, Instance
+from booksegm.data.synthetic.geometry import (
+    bounds,
+    clipped_box,
+    coverage,
+    facing_corners,
+    fill_polygon,
+    grow,
+    map_points,
+    overlaps,
+    paint,
+    pixels_per_unit,
+    rectangle,
+    rotated_rect,
+)
+from booksegm.data.synthetic.textures import (
+    PAINTED,
+    PAPER,
+    WALLS,
+    WOODS,
+    book_colour,
+    cover_texture,
+    jitter,
+    page_texture,
+    pick,
+    shaded,
+    spine_texture,
+    surface_texture,
+    wall_texture,
+    wood_texture,
+)
 
 SCENE_KINDS = ("shelf", "table", "empty")
-STYLES = ("photo", "plain")  # plain: the same scenes without light, shadows, blur, noise or vases and mugs
 SCENE_WEIGHTS = (0.57, 0.38, 0.05)
 MAX_SHELF_BOOKS = 32  # real shelves hold more; the set aims at roughly 3-25 books per photo
-MIN_LABEL_AREA = 0.0006  # share of the photo below which a visible book is not labelled
-MIN_LABEL_WIDTH = 2.5  # pixels (2 * area / perimeter): thinner visible parts are not labelled
 OUTLINE_GRID = 4  # visible outlines are traced on a grid this much finer than pixels
-SHIFT = 4  # fractional bits of OpenCV's fixed-point polygon vertices
-JPEG_QUALITY = 92
-
-FONTS = (
-    cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
-    cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_COMPLEX_SMALL,
-)
-ACCENTS = ((212, 175, 55), (236, 230, 214), (22, 22, 22), (192, 192, 198), (150, 24, 28))
-DARK_INKS = ((18, 18, 18), (70, 20, 20), (20, 30, 70), (40, 40, 40))
-LIGHT_INKS = ((245, 240, 225), (212, 175, 55), (250, 250, 250), (225, 215, 180))
-WOODS = ((200, 160, 110), (110, 70, 42), (125, 58, 38), (218, 184, 135), (70, 48, 34), (160, 120, 80))
-PAINTED = ((232, 230, 224), (40, 38, 36), (120, 125, 130), (200, 190, 170))
-WALLS = (
-    (236, 234, 228), (222, 206, 182), (172, 174, 178), (190, 206, 216),
-    (182, 192, 160), (192, 124, 96), (78, 82, 88), (238, 226, 200),
-)
-CLOTHS = ((170, 40, 40), (40, 60, 110), (220, 220, 210), (70, 110, 70), (150, 150, 150))
-PAPER = (236, 228, 204)
-
-
-# ---------------------------------------------------------------- geometry
-
-
-def fill_polygon(mask: np.ndarray, polygon: np.ndarray, value: int, origin=(0.0, 0.0), scale: int = 1) -> None:
-    """Set the pixels of `mask` whose centres lie inside the polygon; the mask is a raster `scale`
-    times finer than pixels whose top-left corner sits at `origin`.
-
-    cv2.fillPoly also takes pixels up to half a pixel outside every edge (and its cv2.LINE_AA fill
-    spreads further), so the polygon is first shrunk by half a raster pixel.
-    """
-    shrunk = grow((np.asarray(polygon, np.float64) - origin) * scale, -0.5)
-    vertices = np.round((shrunk - 0.5) * (1 << SHIFT)).astype(np.int32)  # OpenCV puts integers at pixel centres
-    cv2.fillPoly(mask, [vertices], value, cv2.LINE_8, SHIFT)
-
-
-def bounds(points: np.ndarray) -> tuple[int, int, int, int]:
-    """Integer box (x0, y0, x1, y1) holding every point."""
-    x0, y0 = np.floor(points.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(points.max(axis=0)).astype(int)
-    return int(x0), int(y0), int(x1), int(y1)
-
-
-def clipped_box(points: np.ndarray, shape, pad: int = 0):
-    """The pixel box of `points` (grown by pad) inside an image of `shape`, or None if empty."""
-    x0, y0, x1, y1 = bounds(points)
-    x0, y0 = max(x0 - pad, 0), max(y0 - pad, 0)
-    x1, y1 = min(x1 + pad, shape[1]), min(y1 + pad, shape[0])
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-
-
-def overlaps(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def signed_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
-def facing_corners(corners: np.ndarray) -> np.ndarray:
-    """Reorder a textured quad so the texture is not mirrored on it (text stays readable)."""
-    return corners if signed_area(corners) > 0 else corners[[1, 0, 3, 2]]
-
-
-def grow(polygon: np.ndarray, distance: float) -> np.ndarray:
-    """Move every edge of a simple polygon outward by `distance` (mitred corners, capped when sharp)."""
-    edges = np.roll(polygon, -1, axis=0) - polygon
-    normals = np.column_stack([edges[:, 1], -edges[:, 0]]) / np.maximum(np.linalg.norm(edges, axis=1), 1e-9)[:, None]
-    if signed_area(polygon) < 0:
-        normals = -normals
-    previous = np.roll(normals, 1, axis=0)
-    mitre = (previous + normals) / np.maximum(1 + np.sum(previous * normals, axis=1), 0.25)[:, None]
-    return polygon + distance * mitre
-
-
-def clip_to_rect(polygon: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Sutherland-Hodgman clip of a polygon to [0, width] x [0, height]."""
-    for axis, limit, sign in ((0, 0.0, 1), (0, width, -1), (1, 0.0, 1), (1, height, -1)):
-        if len(polygon) == 0:
-            break
-        inside = sign * (polygon[:, axis] - limit)
-        if inside.min() >= 0:
-            continue
-        kept = []
-        for i in range(len(polygon)):
-            j = (i + 1) % len(polygon)
-            if inside[i] >= 0:
-                kept.append(polygon[i])
-            if (inside[i] >= 0) != (inside[j] >= 0):
-                t = inside[i] / (inside[i] - inside[j])
-                kept.append(polygon[i] + t * (polygon[j] - polygon[i]))
-        polygon = np.array(kept, np.float64).reshape(-1, 2)
-    return polygon
-
-
-def rectangle(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    """Corners top-left, top-right, bottom-right, bottom-left."""
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
-
-
-def rotated_rect(centre, size, angle: float) -> np.ndarray:
-    """Corners (top-left, top-right, bottom-right, bottom-left before rotation) of a rectangle."""
-    c, s = np.cos(angle), np.sin(angle)
-    half_w = np.array([c, s]) * size[0] / 2
-    half_h = np.array([-s, c]) * size[1] / 2
-    centre = np.asarray(centre, np.float64)
-    return centre + np.array([-half_w - half_h, half_w - half_h, half_w + half_h, -half_w + half_h])
-
-
-# ---------------------------------------------------------------- painting
-
-
-def coverage(polygon: np.ndarray, box, grid: int = 4) -> np.ndarray:
-    """Share (0..1) of each pixel of `box` covered by the polygon, from a `grid`-times finer raster."""
-    x0, y0, x1, y1 = box
-    fine = np.zeros(((y1 - y0) * grid, (x1 - x0) * grid), np.uint8)
-    fill_polygon(fine, polygon, 255, (x0, y0), grid)
-    if grid > 1:
-        fine = cv2.resize(fine, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
-    return fine.astype(np.float32) * (1 / 255)
-
-
-def warp_texture(texture: np.ndarray, corners: np.ndarray, box) -> np.ndarray:
-    """The texture mapped onto the quad `corners` (where its corners (0,0), (w,0), (w,h), (0,h) land), over `box`."""
-    h, w = texture.shape[:2]
-    source = np.float32([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
-    target = (corners - (box[0], box[1]) - 0.5).astype(np.float32)
-    matrix = cv2.getPerspectiveTransform(source, target)
-    size = (box[2] - box[0], box[3] - box[1])
-    return cv2.warpPerspective(texture, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def paint(image: np.ndarray, polygon: np.ndarray, look) -> None:
-    """Paint a polygon with a colour (3 values) or a texture (then the polygon is its 4 corners)."""
-    box = clipped_box(polygon, image.shape)
-    if box is None or abs(signed_area(polygon)) < 0.5:
-        return
-    look = np.asarray(look)
-    layer = warp_texture(look, polygon, box).astype(np.float32) if look.ndim == 3 else look.astype(np.float32)
-    region = image[box[1]:box[3], box[0]:box[2]]
-    region += coverage(polygon, box)[..., None] * (layer - region)
-
-
-# ---------------------------------------------------------------- colours and textures
-
-
-def jitter(rng, colour, amount: float = 12) -> np.ndarray:
-    return np.clip(np.asarray(colour, np.float32) + rng.uniform(-amount, amount, 3), 0, 255)
-
-
-def pick(rng, options):
-    return options[rng.integers(len(options))]
-
-
-def book_colour(rng) -> np.ndarray:
-    if rng.random() < 0.15:  # black, white, cream and greys are common bindings
-        h, s, v = rng.random(), rng.uniform(0, 0.15), rng.uniform(0.08, 0.95)
-    else:
-        h, s, v = rng.random(), rng.uniform(0.25, 0.9), rng.uniform(0.2, 0.9)
-    return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255
-
-
-def ink_for(rng, colour) -> tuple:
-    luminance = 0.3 * colour[0] + 0.59 * colour[1] + 0.11 * colour[2]
-    return tuple(float(c) for c in pick(rng, DARK_INKS if luminance > 135 else LIGHT_INKS))
-
-
-def random_words(rng) -> str:
-    words = ["".join(chr(65 + k) for k in rng.integers(0, 26, rng.integers(2, 9))) for _ in range(rng.integers(1, 4))]
-    text = " ".join(words)
-    return text if rng.random() < 0.6 else text.title()
-
-
-def put_text(rng, texture, text, box_x, box_y, box_w, box_h, ink) -> None:
-    """Write text scaled to fit a box (x, y, w, h), vertically centred in it."""
-    font = pick(rng, FONTS)
-    (tw, th), _ = cv2.getTextSize(text, font, 1.0, 1)
-    scale = min(box_w / tw, box_h / th)
-    if scale * th < 2:  # too small to read even as marks
-        return
-    weight = 2 if scale * th > 14 and rng.random() < 0.5 else 1
-    baseline = box_y + (box_h + scale * th) / 2
-    cv2.putText(texture, text, (int(box_x), int(baseline)), font, scale, ink, weight, cv2.LINE_AA)
-
-
-def smooth_noise(rng, height: int, width: int, cells_y: int, cells_x: int) -> np.ndarray:
-    """Values in about [0, 1] varying smoothly over the given number of cells."""
-    grid = rng.random((max(cells_y, 1) + 1, max(cells_x, 1) + 1)).astype(np.float32)
-    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def shaded(texture: np.ndarray, shade: np.ndarray) -> np.ndarray:
-    return np.clip(texture.astype(np.float32) * shade, 0, 255).astype(np.uint8)
-
-
-def spine_texture(rng, length: float, thickness: float, colour) -> np.ndarray:
-    """A spine as a strip: columns run along the book's height, rows across its thickness."""
-    L, T = max(round(length), 2), max(round(thickness), 2)
-    tex = np.empty((T, L, 3), np.uint8)
-    tex[:] = colour
-    ink = ink_for(rng, colour)
-    accent = tuple(float(c) for c in pick(rng, ACCENTS)) if rng.random() < 0.6 else ink
-    for _ in range(rng.integers(0, 3)):  # decorative bands, mirrored at both ends
-        at, width = rng.uniform(0.02, 0.16) * L, max(1, int(rng.uniform(0.004, 0.03) * L))
-        tex[:, int(at):int(at) + width] = accent
-        tex[:, L - int(at) - width:L - int(at)] = accent
-    title_from, title_to = rng.uniform(0.18, 0.35) * L, rng.uniform(0.65, 0.85) * L
-    if rng.random() < 0.35:  # a title panel in another colour
-        panel = book_colour(rng)
-        inset = int(T * rng.uniform(0, 0.2))
-        tex[inset:T - inset, int(title_from):int(title_to)] = panel
-        ink = ink_for(rng, panel)
-    put_text(rng, tex, random_words(rng), title_from + 1, T * 0.2, title_to - title_from - 2, T * 0.6, ink)
-    if rng.random() < 0.7:  # author or publisher near the foot
-        put_text(rng, tex, random_words(rng), L * 0.04, T * 0.3, L * 0.12, T * 0.4, ink)
-    across = (np.arange(T) + 0.5) / T
-    rounding = 0.7 + 0.3 * np.sin(np.pi * across) ** 0.7  # a rounded spine is darker at its edges
-    scuffs = 1 + 0.08 * (smooth_noise(rng, 1, L, 1, max(L // 6, 1)) - 0.5)
-    return shaded(tex, rounding[:, None, None] * scuffs[..., None])
-
-
-def cover_texture(rng, width: float, height: float, colour) -> np.ndarray:
-    """A front cover: title, author, and sometimes a picture, a band or a frame."""
-    W, H = max(round(width), 2), max(round(height), 2)
-    tex = np.empty((H, W, 3), np.uint8)
-    tex[:] = colour
-    ink = ink_for(rng, colour)
-    style = rng.random()
-    if style < 0.45:  # a picture: two-colour gradient, sometimes with a disc
-        x0, x1 = int(W * rng.uniform(0, 0.15)), int(W * rng.uniform(0.85, 1))
-        y0, y1 = int(H * rng.uniform(0.3, 0.45)), int(H * rng.uniform(0.75, 0.92))
-        ramp = np.linspace(0, 1, max(y1 - y0, 1), dtype=np.float32)[:, None, None]
-        top, bottom = book_colour(rng), book_colour(rng)
-        tex[y0:y1, x0:x1] = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)
-        if rng.random() < 0.5:
-            centre = (int(rng.uniform(x0, x1)), int(rng.uniform(y0, y1)))
-            radius = int(rng.uniform(0.08, 0.25) * W)
-            cv2.circle(tex, centre, radius, tuple(float(c) for c in book_colour(rng)), -1, cv2.LINE_AA)
-    elif style < 0.7:  # a band across the cover
-        y0 = int(H * rng.uniform(0.1, 0.6))
-        tex[y0:y0 + int(H * rng.uniform(0.1, 0.3))] = book_colour(rng)
-    if rng.random() < 0.3:
-        inset = max(1, int(W * 0.06))
-        cv2.rectangle(tex, (inset, inset), (W - inset, H - inset), ink, 1, cv2.LINE_AA)
-    put_text(rng, tex, random_words(rng), W * 0.12, H * 0.08, W * 0.76, H * 0.14, ink)
-    if rng.random() < 0.5:
-        put_text(rng, tex, random_words(rng), W * 0.15, H * 0.2, W * 0.7, H * 0.09, ink)
-    put_text(rng, tex, random_words(rng), W * 0.25, H * 0.9, W * 0.5, H * 0.06, ink)
-    hinge = np.ones(W, np.float32)
-    hinge[: max(1, W // 25)] = 0.8  # the fold beside the spine
-    light = np.linspace(1.06, 0.9, H, dtype=np.float32)
-    return shaded(tex, light[:, None, None] * hinge[None, :, None])
-
-
-def page_texture(rng, length: float, thickness: float) -> np.ndarray:
-    """Edges of the pages: fine lines along the book."""
-    L, T = max(round(length), 2), max(round(thickness), 2)
-    lines = 0.8 + 0.2 * rng.random((T, 1, 1))
-    return np.broadcast_to(shaded(jitter(rng, PAPER, 10)[None, None], lines), (T, L, 3)).copy()
-
-
-def wood_texture(rng, height: int, width: int, colour, vertical: bool = False) -> np.ndarray:
-    if vertical:
-        return wood_texture(rng, width, height, colour).transpose(1, 0, 2)
-    rows = np.arange(height, dtype=np.float32)[:, None]
-    # growth rings: long lines along the board whose spacing varies and which wander a little
-    spacing = 1 + 0.6 * smooth_noise(rng, height, 1, 8, 1)
-    wander = rng.uniform(0.3, 1.5) * smooth_noise(rng, height, width, 2, 3)
-    phase = rows / rng.uniform(4, 12) * spacing + wander
-    rings = (0.5 + 0.5 * np.sin(2 * np.pi * phase)) ** 4
-    fibres = smooth_noise(rng, height, width, height // 2, width // 30)
-    shade = 0.78 + 0.12 * rings + 0.1 * fibres
-    return shade[..., None] * jitter(rng, colour)
-
-
-def wall_texture(rng, height: int, width: int, colour) -> np.ndarray:
-    blotches = smooth_noise(rng, height, width, 3, 4)
-    grain = smooth_noise(rng, height, width, height // 3, width // 3)
-    shade = 0.88 + 0.12 * blotches + 0.04 * grain
-    return shade[..., None] * jitter(rng, colour)
-
-
-def surface_texture(rng, height: int, width: int) -> np.ndarray:
-    """A table top: wood, painted board or cloth."""
-    kind = rng.random()
-    if kind < 0.6:
-        return wood_texture(rng, height, width, pick(rng, WOODS))
-    if kind < 0.8:
-        return wall_texture(rng, height, width, pick(rng, PAINTED))
-    weave = 0.9 + 0.1 * smooth_noise(rng, height, width, height // 2, width // 2)
-    return (weave * (0.9 + 0.1 * smooth_noise(rng, height, width, 2, 3)))[..., None] * jitter(rng, pick(rng, CLOTHS))
 
 
 # ---------------------------------------------------------------- items and scenes
@@ -664,104 +370,6 @@ def build_table(rng, scene: Scene, with_books: bool) -> None:
             draw(scene, mug)
 
 
-def map_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 perspective map to (N, 2) points."""
-    return cv2.perspectiveTransform(np.asarray(points, np.float64).reshape(-1, 1, 2), matrix).reshape(-1, 2)
-
-
-def pixels_per_unit(plane_to_image: np.ndarray, uv: np.ndarray) -> float:
-    """How many image pixels one unit of the table plane spans around `uv` (across the view)."""
-    a, b = map_points(plane_to_image, np.array([uv, uv + (0.01, 0)]))
-    return float(np.linalg.norm(b - a)) / 0.01
-
-
-# ---------------------------------------------------------------- camera
-
-
-def photograph(rng, canvas: np.ndarray, width: int, height: int, plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Take a photo of the canvas: a slightly tilted camera, uneven light, blur and sensor noise
-    (``plain``: the tilt alone; the random draws are the same, so the scenes are too).
-    Returns the uint8 photo and the 3x3 map from canvas to photo coordinates."""
-    margin = (np.array(canvas.shape[1::-1]) - (width, height)) / 2
-    photo_corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
-    tilt = rng.uniform(-0.8, 0.8, (4, 2)) * margin if rng.random() < 0.8 else np.zeros((4, 2))
-    to_photo = cv2.getPerspectiveTransform((photo_corners + margin + tilt).astype(np.float32), photo_corners)
-    centres = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])  # OpenCV pixel indices sit at pixel centres
-    photo = cv2.warpPerspective(
-        canvas, np.linalg.inv(centres) @ to_photo @ centres, (width, height),
-        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
-    )
-    across = (np.arange(width, dtype=np.float32) + 0.5) / width - 0.5
-    down = (np.arange(height, dtype=np.float32) + 0.5) / height - 0.5
-    angle = rng.uniform(0, 2 * np.pi)
-    light = 1 + rng.uniform(0, 0.7) * (np.cos(angle) * across[None, :] + np.sin(angle) * down[:, None])
-    light *= 1 - rng.uniform(0, 0.8) * (across[None, :] ** 2 + down[:, None] ** 2)  # vignetting
-    cast = (rng.uniform(0.7, 1.2) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)
-    blur = rng.uniform(0.3, 1.1) if rng.random() < 0.7 else 0.0
-    noise = rng.standard_normal(photo.shape, dtype=np.float32) * rng.uniform(1, 5)
-    if not plain:
-        photo *= light[..., None] * cast
-        photo = cv2.GaussianBlur(photo, (0, 0), blur) if blur else photo
-        photo += noise
-    return np.clip(photo + 0.5, 0, 255).astype(np.uint8), to_photo
-
-
-def render_scene(
-    rng: np.random.Generator, width: int, height: int, kind: str | None = None, style: str = "photo"
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """RGB uint8 HxWx3 image and one (N,2) float32 polygon (x, y pixel coords) per visible book.
-
-    `kind` forces one of SCENE_KINDS; by default it is drawn with SCENE_WEIGHTS.
-    Coordinates are rounded to 0.1 px, as the VIA file stores them.
-    """
-    photo, books = render_books(rng, width, height, kind, style)
-    return photo, [polygon for polygon, _ in books]
-
-
-def render_books(
-    rng: np.random.Generator, width: int, height: int, kind: str | None = None, style: str = "photo"
-) -> tuple[np.ndarray, list[tuple[np.ndarray, ShelfPlace | None]]]:
-    """render_scene's photo, and its books as (polygon, where the book was put in its row)."""
-    if kind is None:
-        kind = SCENE_KINDS[rng.choice(len(SCENE_KINDS), p=SCENE_WEIGHTS)]
-    if kind not in SCENE_KINDS:
-        raise ConfigError(f"scene kind {kind!r} is not one of {SCENE_KINDS}")
-    margin = round(0.1 * max(width, height))  # room for the camera tilt
-    if style not in STYLES:
-        raise ConfigError(f"style {style!r} is not one of {STYLES}")
-    scene = new_scene(rng, height + 2 * margin, width + 2 * margin, plain=style == "plain")
-    if kind == "shelf" or (kind == "empty" and rng.random() < 0.5):
-        build_shelves(rng, scene, with_books=kind != "empty")
-    else:
-        build_table(rng, scene, with_books=kind != "empty")
-    photo, to_photo = photograph(rng, scene.image, width, height, plain=scene.plain)
-    return photo, visible_books(scene, to_photo, width, height)
-
-
-def big_enough(points: np.ndarray, photo_area: float) -> bool:
-    """Whether a visible part is worth labelling: not tiny, and not a sliver along the photo's edge."""
-    area = abs(signed_area(points))
-    mean_width = 2 * area / cv2.arcLength(points.astype(np.float32), True)
-    return area >= MIN_LABEL_AREA * photo_area and mean_width >= MIN_LABEL_WIDTH
-
-
-def visible_books(scene: Scene, to_photo: np.ndarray, width: int,
-                  height: int) -> list[tuple[np.ndarray, ShelfPlace | None]]:
-    """The visible outline of each book in photo coordinates, clipped to the photo, with its place."""
-    books = []
-    for i, is_book in enumerate(scene.is_book):
-        outline = visible_outline(scene, i) if is_book else None
-        if outline is None:
-            continue
-        points = map_points(to_photo, outline)
-        points = np.round(clip_to_rect(points, width, height), 1)
-        if len(points):
-            points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]  # repeated vertices
-        if len(points) >= 3 and big_enough(points, width * height):
-            books.append((points.astype(np.float32), scene.places[i]))
-    return books
-
-
 def shelf_order(places: list[ShelfPlace | None]) -> list[tuple[int, int] | None]:
     """(row, position), both from 1, of each book as it was put: rows top to bottom among those with
     a book here, positions left to right in the row, a stack of books lying flat taking one place
@@ -773,34 +381,3 @@ def shelf_order(places: list[ShelfPlace | None]) -> list[tuple[int, int] | None]
         for position, i in enumerate(sorted(in_row, key=lambda i: (places[i].slot, -places[i].level)), 1):
             order[i] = (row, position)
     return order
-
-
-# ---------------------------------------------------------------- dataset
-
-
-ANNOTATION_FILE, IMAGE_FOLDER = "via_region_data.json", "images"  # a rendered set's layout under its folder
-
-
-def generate_dataset(
-    out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
-    style: str = "photo",
-) -> Path:
-    """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92) and out_dir/via_region_data.json;
-    return the JSON path. Deterministic for a seed (same bytes for same args). Shows a tqdm bar when progress."""
-    if num_images < 0 or width < 32 or height < 32:
-        raise ConfigError(f"need num_images >= 0 and at least 32x32 pixels, got {num_images} images of {width}x{height}")
-    out_dir = Path(out_dir)
-    image_dir = out_dir / IMAGE_FOLDER
-    image_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / ANNOTATION_FILE
-    annotations = AnnotationSet(source=json_path, flavour="synthetic", records=[], class_names=("book",))
-    for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
-        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style)
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
-        name = f"synth_{index:05d}.jpg"
-        (image_dir / name).write_bytes(data)
-        instances = [Instance((polygon,), 1) for polygon in polygons]
-        annotations.records.append(ImageRecord(name, image_dir / name, instances))
-    write_via(annotations, json_path, image_root=image_dir)  # bare file names: the image root is images/
-    return json_path

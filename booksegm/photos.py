@@ -35,11 +35,9 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 @dataclass
-class PhotoSettings:
-    """The knobs of every photo command (its YAML lists them with a comment each)."""
+class DetectorSettings:
+    """The model's knobs in every command that runs it on photos (each command's YAML lists them, a comment each)."""
 
-    input: str
-    output_dir: str
     ckpt_path: str | None = None  # null: the bundled books model
     score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE; null: the checkpoint's calibrated one, else 0.7
     max_detections: int = 100  # DETECTION_MAX_INSTANCES
@@ -48,7 +46,6 @@ class PhotoSettings:
     resize: ResizeConfig | None = None  # null: as the checkpoint's validation
     max_side: int = DEFAULT_MAX_SIDE  # px: the longest model input; a longer photo is scaled down first
     polygon_tolerance: float = 1.0  # px, cv2.approxPolyDP epsilon for the polygons written out
-    overwrite: bool = False  # a non-empty output_dir: refused, or (true) the command's earlier outputs in it deleted
 
     def validate(self) -> None:
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
@@ -57,6 +54,15 @@ class PhotoSettings:
             raise ConfigError("max_detections, batch_size and max_side must be >= 1, polygon_tolerance >= 0")
         if self.resize is not None:
             self.resize.validate(training=False)
+
+
+@dataclass(kw_only=True)
+class PhotoSettings(DetectorSettings):
+    """The knobs of a command that reads an input of photos into an output folder (predict, inventory)."""
+
+    input: str
+    output_dir: str
+    overwrite: bool = False  # a non-empty output_dir: refused, or (true) the command's earlier outputs in it deleted
 
 
 @dataclass
@@ -123,7 +129,7 @@ def closing_lines(skipped: list[str], ignored: list[str], out: Path) -> list[str
     return [*lines, f"outputs in {out}"]
 
 
-def load_detector(settings: PhotoSettings) -> tuple[LoadedModel, ResizeConfig]:
+def load_detector(settings: DetectorSettings) -> tuple[LoadedModel, ResizeConfig]:
     """The model, with its detection limits set, and how photos are resized for it."""
     loaded = load_model(settings.ckpt_path, select_device(settings.device))
     resize = settings.resize or loaded.resize
@@ -139,7 +145,7 @@ def load_detector(settings: PhotoSettings) -> tuple[LoadedModel, ResizeConfig]:
     return loaded, resize
 
 
-def detect_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, settings: PhotoSettings,
+def detect_photos(loaded: LoadedModel, photos: list[Path], resize: ResizeConfig, settings: DetectorSettings,
                   skipped: list[str], desc: str) -> Iterator[tuple[Path, np.ndarray, Detections]]:
     """Each readable photo with its detections, ``settings.batch_size`` photos a forward pass; an
     unreadable one is logged and its message added to ``skipped``."""

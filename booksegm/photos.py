@@ -1,6 +1,6 @@
 """What the commands that run the model on photos share (``predict``, ``inventory``): their common
 settings, the photos (and videos) of an input, the model set up for them, detections photo by
-photo, and the rule for the output folder."""
+photo, the rule for the output folder, and a photo's predictions as a VIA record."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from booksegm.config import ConfigError
+from booksegm.data.formats.geometry import largest_outline
 from booksegm.data.images import ImageReadError, load_rgb
+from booksegm.data.records import ImageRecord, Instance
 from booksegm.data.resize import ResizeConfig
 from booksegm.inference import (
     DEFAULT_MAX_SIDE,
@@ -199,3 +201,14 @@ def with_input_override(argv: list[str]) -> list[str]:
     if len(argv) > 1 and not argv[1].startswith("-") and "=" not in argv[1]:
         return [argv[0], f"input={argv[1]}", *argv[2:]]
     return argv
+
+
+def via_record(path: Path, name: Path, detections: Detections, tolerance: float) -> ImageRecord:
+    """A photo's detections for a VIA file: each mask's largest part outlined, simplified by ``tolerance``,
+    with its score; empty masks are left out."""
+    instances = []
+    for label, score, mask in zip(detections.labels, detections.scores, detections.masks):
+        outline = largest_outline(mask, tolerance)
+        if outline is not None:
+            instances.append(Instance((outline,), int(label), score=float(score)))
+    return ImageRecord(name.as_posix(), path, instances)

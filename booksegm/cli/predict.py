@@ -38,14 +38,21 @@ from tqdm import tqdm
 
 from booksegm.config import ConfigError, check_command_line
 from booksegm.data.formats.coco import write_coco
-from booksegm.data.formats.geometry import largest_outline
 from booksegm.data.formats.via import write_via
 from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 from booksegm.data.resize import ResizeConfig
 from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import encode_masks
 from booksegm.inference import Detections, LoadedModel, predict_images, read_settings
-from booksegm.photos import PhotoSettings, closing_lines, detect_photos, save_png, start_run, with_input_override
+from booksegm.photos import (
+    PhotoSettings,
+    closing_lines,
+    detect_photos,
+    save_png,
+    start_run,
+    via_record,
+    with_input_override,
+)
 from booksegm.viz.overlays import color_splash, draw_instances
 
 log = logging.getLogger(__name__)
@@ -109,7 +116,7 @@ class PhotoOutputs:
         if "coco" in self.formats:
             self._add_coco(path, name, image, detections)
         if "via" in self.formats:
-            self._add_via(path, name, detections)
+            self.via.records.append(via_record(path, name, detections, self.polygon_tolerance))
 
     def _add_coco(self, path: Path, name: Path, image: np.ndarray, detections: Detections) -> None:
         """Exact masks (holes and all parts kept, empty ones too) and the detector's boxes."""
@@ -120,14 +127,6 @@ class PhotoOutputs:
             instances.append(Instance((), int(label), score=float(score), rle=rle, box=tuple(float(v) for v in box)))
         height, width = image.shape[:2]
         self.coco.records.append(ImageRecord(name.as_posix(), path, instances, width=width, height=height))
-
-    def _add_via(self, path: Path, name: Path, detections: Detections) -> None:
-        instances = []
-        for label, score, mask in zip(detections.labels, detections.scores, detections.masks):
-            outline = largest_outline(mask, self.polygon_tolerance)
-            if outline is not None:
-                instances.append(Instance((outline,), int(label), score=float(score)))
-        self.via.records.append(ImageRecord(name.as_posix(), path, instances))
 
     def close(self) -> None:
         if "coco" in self.formats:

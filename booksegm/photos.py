@@ -1,13 +1,16 @@
-"""What the commands that run the model on photos share (``predict``, ``inventory``): their common
-settings, the photos (and videos) of an input, the model set up for them, detections photo by
-photo, the rule for the output folder, and a photo's predictions as a VIA record."""
+"""What the commands that run the model on photos share (``predict``, ``inventory``, ``serve``): their
+common settings, the photos (and videos) of an input, the model set up for them, detections photo by
+photo, the rule for the output folder, a photo's predictions as a VIA record, and a photo's shelf
+inventory (its books' records, crops and numbered overlay; the CSV, JSON and report of many photos)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,8 @@ from booksegm.inference import (
     select_device,
     set_detection_limits,
 )
+from booksegm.shelves import ShelvedBook, arrange, upright_crop
+from booksegm.viz.overlays import draw_numbered
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +217,109 @@ def via_record(path: Path, name: Path, detections: Detections, tolerance: float)
         if outline is not None:
             instances.append(Instance((outline,), int(label), score=float(score)))
     return ImageRecord(name.as_posix(), path, instances)
+
+
+# A shelf inventory's outputs, under its output folder (docs/inventory.md)
+CSV_FILE, JSON_FILE, CROPS, OVERLAYS = "inventory.csv", "inventory.json", "crops", "overlay"
+
+
+@dataclass
+class BookRecord:
+    """One book: a row of inventory.csv, an entry of inventory.json's ``books`` (docs/inventory.md)."""
+
+    photo: str  # the photo's path relative to the input folder
+    book: int  # the number on the overlay: 1, 2, ... in reading order
+    row: int  # 1 = the top shelf row in the photo
+    position: int  # 1 = the leftmost in its row; a stack of lying books takes one place, numbered top down
+    orientation: str  # standing | lying
+    score: float
+    x0: int  # the mask's box, on pixel edges
+    y0: int
+    x1: int
+    y1: int
+    area_px: int  # the mask's pixels
+    length_px: float  # the mask's minimum-area rectangle: its long side
+    width_px: float  # and its short side
+    crop: str  # the crop's path relative to the output folder
+    polygon: list[list[float]]  # the mask's outline [[x, y], ...], simplified; in the CSV as JSON text
+
+
+@dataclass
+class PhotoSummary:
+    photo: str
+    width: int
+    height: int
+    rows: list[int]  # books in each row, top to bottom
+
+
+@dataclass
+class InventorySummary:
+    photos: list[PhotoSummary] = field(default_factory=list)
+    books: list[BookRecord] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one message per unreadable photo
+    ignored: list[str] = field(default_factory=list)  # files of the input folder neither photo nor video
+    videos: int = 0  # left out: the inventory reads photos
+
+
+def inventory_photo(summary: InventorySummary, name: Path, image: np.ndarray, detections: Detections, out: Path,
+                    tolerance: float) -> None:
+    """One photo's books in shelf order, added to ``summary``; its crops and numbered overlay are written
+    under ``out`` (``name``: the photo's path relative to the input folder)."""
+    books = arrange(detections.masks)
+    records = [book_record(name, number, book, image, detections, out, tolerance)
+               for number, book in enumerate(books, 1)]
+    masks = detections.masks[[book.index for book in books]]
+    centres = [tuple(book.shape.centre) for book in books]
+    save_png(draw_numbered(image, masks, [str(r.book) for r in records], centres),
+             out / OVERLAYS / name.with_suffix(".png"))
+    rows = [sum(book.row == row for book in books) for row in range(1, books[-1].row + 1 if books else 1)]
+    summary.photos.append(PhotoSummary(name.as_posix(), image.shape[1], image.shape[0], rows))
+    summary.books += records
+
+
+def book_record(name: Path, number: int, book: ShelvedBook, image: np.ndarray, detections: Detections, out: Path,
+                tolerance: float) -> BookRecord:
+    """The book's record; its crop is written on the way."""
+    mask = detections.masks[book.index]
+    crop = Path(CROPS) / name.with_suffix("") / f"{book.row}_{book.position}.png"
+    save_png(upright_crop(image, mask, book), out / crop)
+    shape = book.shape
+    outline = largest_outline(mask, tolerance)
+    return BookRecord(
+        name.as_posix(), number, book.row, book.position, "standing" if book.standing else "lying",
+        round(float(detections.scores[book.index]), 4), *shape.box, shape.area, round(shape.length, 1),
+        round(shape.thickness, 1), crop.as_posix(), [[round(float(x), 1), round(float(y), 1)] for x, y in outline],
+    )
+
+
+def write_inventory(summary: InventorySummary, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f.name for f in fields(BookRecord)]
+    with open(out / CSV_FILE, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, names)
+        writer.writeheader()
+        for record in summary.books:
+            writer.writerow({**asdict(record), "polygon": json.dumps(record.polygon)})
+    content = {"photos": [asdict(p) for p in summary.photos], "books": [asdict(r) for r in summary.books]}
+    (out / JSON_FILE).write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+
+
+def count_table(photos: list[PhotoSummary]) -> str:
+    """Books per photo and per row, one line a photo, and the total."""
+    most_rows = max((len(p.rows) for p in photos), default=0)
+    header = ["photo", "books", *(f"row {k}" for k in range(1, most_rows + 1))]
+    lines = [[p.photo, str(sum(p.rows)), *(str(n) for n in p.rows), *["-"] * (most_rows - len(p.rows))]
+             for p in photos]
+    lines.append(["total", str(sum(sum(p.rows) for p in photos)), *[""] * most_rows])
+    widths = [max(len(line[k]) for line in [header, *lines]) for k in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) if k == 0 else cell.rjust(w) for k, (cell, w) in
+                               enumerate(zip(line, widths))).rstrip() for line in [header, *lines])
+
+
+def inventory_report(summary: InventorySummary, out: Path, seconds: float) -> str:
+    """The count table, the total, what was left out and where the outputs are."""
+    lines = [count_table(summary.photos), "",
+             f"inventoried {len(summary.photos)} photos: {len(summary.books)} books in {seconds:.1f} s"]
+    if summary.videos:
+        lines.append(f"left out {summary.videos} video(s): the inventory reads photos")
+    return "\n".join(lines + closing_lines(summary.skipped, summary.ignored, out))

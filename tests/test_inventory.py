@@ -21,12 +21,12 @@ from support import train_env
 from booksegm.bench import inventory as bench_inventory
 from booksegm.bench.__main__ import main as bench_main
 from booksegm.cli.export import write_state_dict
-from booksegm.cli.inventory import BookRecord
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.synthetic import ShelfPlace, render_books, shelf_order
 from booksegm.data.transforms import rasterize
 from booksegm.inference import Detections, LoadedModel
 from booksegm.model.build import ModelConfig, build_maskrcnn
+from booksegm.photos import BookRecord
 from booksegm.shelves import GREY, arrange, upright_crop
 
 WIDTH, HEIGHT = 320, 240  # the synthetic set's size

@@ -56,6 +56,7 @@ def test_an_unknown_key_is_refused_with_the_closest_known_one(overrides, message
      "unknown config key data.val_fractoin: did you mean data.val_fraction?"),
     ("predict", ["photos/", "+score_treshold=0.5"], "unknown config key score_treshold: did you mean score_threshold?"),
     ("export", ["ckpt_path=/no/such.ckpt", "+formats=onnx"], "unknown config key formats: did you mean format?"),
+    ("serve", ["prot=7861"], "unknown config key prot: did you mean port?"),
 ])
 def test_every_hydra_command_stops_in_one_line_before_hydra_runs(command, overrides, message, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["booksegm"])  # the dispatcher sets the command's own

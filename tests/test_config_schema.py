@@ -20,6 +20,7 @@ from booksegm.cli import train
 from booksegm.cli.evaluate import EvaluateConfig
 from booksegm.cli.export import ExportConfig
 from booksegm.cli.predict import PredictConfig
+from booksegm.cli.serve import ServeSettings
 from booksegm.data.datamodule import DataConfig
 from booksegm.data.resize import ResizeConfig
 from booksegm.model.build import ModelConfig
@@ -35,6 +36,7 @@ BASES = {
     "train/default.yaml": OptimConfig,
     "predict.yaml": PredictConfig,
     "inventory.yaml": PhotoSettings,
+    "serve.yaml": ServeSettings,
     "evaluate.yaml": EvaluateConfig,
     "export.yaml": ExportConfig,
 }

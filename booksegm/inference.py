@@ -10,6 +10,8 @@
   :data:`DEFAULT_MAX_SIDE`). A photo that would be is scaled down first, with one log line per
   photo size, and its detections come back at the photo's own size. Checkpoints trained with
   ``resize.mode=none`` would otherwise run a 6000x4000 photo at full size: past 11 GB.
+- :func:`predict_views`: a photo's detections with each test-time view's apart, for ``booksegm
+  data suggest``, which measures how much the views disagree.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ from booksegm.model.checkpoint_file import (
     display_threshold,
     read_torch_file,
 )
-from booksegm.model.tta import TTAMaskRCNN
+from booksegm.model.tta import TTAMaskRCNN, View, merge_views, tta_views, view_detections
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The views a model without test-time augmentation is compared in (predict_views): as given, mirrored.
+MIRRORED_VIEWS: list[View] = tta_views([1.0], hflip=True)
 SPEC_SECTION = "booksegm"  # the exported JSON's section that booksegm itself reads
 # The longest side of any model input, px: torchvision's max_size for its COCO Mask R-CNN, above
 # resize.mode=square's 1024. The CPU model's four views then peak at 4.5 GB whatever the photo's size;
@@ -314,3 +318,30 @@ def predict_inputs(loaded: LoadedModel, images: list[torch.Tensor],
                       "labels": torch.from_numpy(restored.labels), "masks": torch.from_numpy(restored.masks)[:, None]}
         results.append(output)
     return results
+
+
+@dataclass
+class ViewedPhoto:
+    """One photo as the model sees it: its detections, and each view's apart."""
+
+    detections: Detections  # those scoring at least ``shown_from``, on the photo
+    merged: dict[str, torch.Tensor]  # every detection down to the model's score floor, in the model input's frame
+    views: list[dict[str, torch.Tensor]]  # each view's, the input as given first, in the same frame
+
+
+@torch.no_grad()
+def predict_views(loaded: LoadedModel, image: np.ndarray, resize: ResizeConfig, shown_from: float,
+                  max_side: int = DEFAULT_MAX_SIDE) -> ViewedPhoto:
+    """A photo (RGB uint8) in the model's own test-time views, or as given and mirrored for a model
+    of one view; its detections are what the model gives (the views merged, or the view as given).
+    The model's detection limits are left as loaded, so the low scores are there too."""
+    model = loaded.model
+    tensor, placement = prepare_image(image, resize, max_side)
+    merges = isinstance(model, TTAMaskRCNN)
+    device = next(model.parameters()).device
+    per_view = view_detections(model, [tensor.to(device)], model.views if merges else MIRRORED_VIEWS)
+    views = [{key: value.cpu() for key, value in view.items()} for (view,) in per_view]
+    merged = (merge_views(views, model.roi_heads.nms_thresh, model.score_thresh, model.detections_per_img)
+              if merges else views[0])
+    shown = {key: value[merged["scores"] >= shown_from] for key, value in merged.items()}
+    return ViewedPhoto(restore_detections(shown, placement), merged, views)

@@ -3,6 +3,7 @@
     python -m booksegm.data synth OUT_DIR --num-images 300 --seed 0 [--width 320 --height 240 --style plain]
     python -m booksegm.data check ANNOTATIONS [--images DIR] [--json]   # exit 0 usable, 1 not, 2 bad file or regions
     python -m booksegm.data convert SRC DST --to via|coco [--from via|coco|yolo]
+    python -m booksegm.data suggest UNLABELLED_DIR [--ckpt PATH] [-k 20] [--out suggested_via.json]
 
 Each subcommand is one small function taking the parsed arguments; ``main`` wires them up.
 """
@@ -11,12 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from booksegm.config import ConfigError
 from booksegm.data.formats.options import add_reader_arguments, reader_options
 from booksegm.data.synthetic import STYLES
 from booksegm.errors import cli_errors
+
+if TYPE_CHECKING:  # imported where used: synth, check and convert start without torch
+    from booksegm.evaluation.uncertainty import CriterionWeights, PhotoUncertainty
+
+log = logging.getLogger(__name__)
 
 
 def synth(args: argparse.Namespace) -> int:
@@ -56,6 +66,90 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def suggest(args: argparse.Namespace) -> int:
+    """Rank the photos by the model's uncertainty (booksegm.evaluation.uncertainty) and write the
+    top k, the model's books drawn on them, as a VIA 2 project, most unsure first."""
+    from tqdm import tqdm
+
+    from booksegm.data.formats.via import write_via
+    from booksegm.data.images import ImageReadError, load_rgb
+    from booksegm.data.records import AnnotationSet
+    from booksegm.evaluation.uncertainty import photo_uncertainty, rank
+    from booksegm.inference import load_model, predict_views, select_device
+    from booksegm.photos import DetectorSettings, closing_lines, via_record
+
+    weights = suggest_weights(args)
+    photos = unlabelled_photos(args.unlabelled_dir)
+    loaded = load_model(args.ckpt, select_device(args.device))
+    if loaded.resize is None:
+        raise ConfigError(f"{loaded.source}: the checkpoint does not say how images were resized (no run config in "
+                          "or beside it); use the run's own checkpoint or an exported model")
+    threshold = loaded.display_threshold(args.score_threshold)
+    records, uncertainties, skipped = [], [], []
+    for path in tqdm(photos, desc="suggest", unit="img"):
+        try:
+            image = load_rgb(path)
+        except ImageReadError as err:
+            log.warning("skipping %s", err)
+            skipped.append(str(err))
+            continue
+        seen = predict_views(loaded, image, loaded.resize, shown_from=threshold)
+        uncertainties.append(photo_uncertainty(seen.merged["scores"], seen.merged["masks"],
+                                               [(view["scores"], view["masks"]) for view in seen.views], threshold))
+        records.append(via_record(path, path.relative_to(args.unlabelled_dir), seen.detections,
+                                  DetectorSettings.polygon_tolerance))
+    if not records:
+        raise ConfigError(f"{args.unlabelled_dir}: none of its {len(photos)} photos could be read")
+    top = rank([u.total(weights) for u in uncertainties])[:args.k]
+    picked = AnnotationSet(source=args.out, flavour="via2_project", records=[records[i] for i in top],
+                           class_names=tuple(loaded.class_names))
+    write_via(picked, args.out, image_root=args.unlabelled_dir, project=True)
+    print(f"{len(records)} photos ranked by {loaded.source} (books shown from score {threshold:.3f}); "
+          f"the {len(top)} most unsure, with the model's {picked.num_instances} books drawn:")
+    print(suggestion_table([(records[i].file_name, uncertainties[i], len(records[i].instances)) for i in top],
+                           weights))
+    print("\n".join(closing_lines(skipped, [], args.out)))
+    return 0
+
+
+def suggest_weights(args: argparse.Namespace) -> CriterionWeights:
+    """Check the options before anything slow; the criteria's weights."""
+    from booksegm.evaluation.uncertainty import CriterionWeights
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be >= 1 (photos to suggest), got {args.k}")
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must lie in [0, 1], got {args.score_threshold}")
+    values = [args.weight_near, args.weight_views, args.weight_masks]
+    if min(values) < 0 or sum(values) <= 0:
+        raise ConfigError(f"--weight-near, --weight-views and --weight-masks must be >= 0 and not all 0, got {values}")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: a folder; give the project's file name")
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} exists (it may hold corrections): give a new name, or --overwrite")
+    return CriterionWeights(*values)
+
+
+def unlabelled_photos(folder: Path) -> list[Path]:
+    from booksegm.photos import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
+    photos = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not photos:
+        raise ConfigError(f"{folder}: no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder or below it")
+    return photos
+
+
+def suggestion_table(rows: list[tuple[str, PhotoUncertainty, int]], weights: CriterionWeights) -> str:
+    """One line a photo, most unsure first: its uncertainty, each criterion, the books drawn on it."""
+    lines = [f"{'rank':>4}  {'uncertainty':>11}  {'near':>5}  {'views':>5}  {'masks':>5}  {'books':>5}  photo"]
+    for n, (name, u, books) in enumerate(rows, 1):
+        lines.append(f"{n:>4}  {u.total(weights):>11.3f}  {u.near_threshold:>5.3f}  {u.view_disagreement:>5.3f}  "
+                     f"{u.poor_masks:>5.3f}  {books:>5}  {name}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m booksegm.data", description="booksegm data tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_format", choices=("auto", "via", "coco", "yolo"), default="auto")
     add_reader_arguments(p, on_unknown_class="error")
     p.set_defaults(run=convert)
+
+    p = commands.add_parser("suggest", help="rank unlabelled photos by how unsure the model is about them and write "
+                                            "the top k as a VIA 2 project with the model's books drawn, to correct")
+    p.add_argument("unlabelled_dir", type=Path, help="a folder of photos (searched recursively)")
+    p.add_argument("--ckpt", help="checkpoint, exported .pth or bundled model name (default: the books model)")
+    p.add_argument("-k", type=int, default=20, help="how many photos to suggest (>= 1)")
+    p.add_argument("--out", type=Path, default=Path("suggested_via.json"), help="the VIA 2 project to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (else refused)")
+    p.add_argument("--score-threshold", type=float,
+                   help="the score books are shown from (default: the model's calibrated one, else 0.7)")
+    # a photo's uncertainty is the weighted mean of three criteria (booksegm/evaluation/uncertainty.py)
+    p.add_argument("--weight-near", type=float, default=1.0,
+                   help="weight of detections scoring near the threshold (default 1)")
+    p.add_argument("--weight-views", type=float, default=1.0,
+                   help="weight of the disagreement between the test-time views: as given, mirrored, enlarged "
+                        "(default 1)")
+    p.add_argument("--weight-masks", type=float, default=1.0,
+                   help="weight of masks whose pixels the model is unsure of, low maskness (default 1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(run=suggest)
     return parser
 
 

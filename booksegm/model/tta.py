@@ -41,18 +41,25 @@ class TTAMaskRCNN(MaskRCNN):
     def forward(self, images, targets=None):
         if self.training:
             return super().forward(images, targets)
-        per_view = [self._view_detections(images, scale, flip) for scale, flip in self.views]
+        per_view = view_detections(self, images, self.views)
         return [
             merge_views([view[i] for view in per_view], self.roi_heads.nms_thresh, self.score_thresh,
                         self.detections_per_img)
             for i in range(len(images))
         ]
 
-    def _view_detections(self, images: list[Tensor], scale: float, flip: bool) -> list[dict[str, Tensor]]:
+
+def view_detections(model: MaskRCNN, images: list[Tensor], views: list[View]) -> list[list[dict[str, Tensor]]]:
+    """Each view's detections of each image (``[view][image]``), mapped back onto the image: the
+    network run as torchvision's ``MaskRCNN`` in every view, unmerged (``booksegm data suggest``
+    compares them), whatever views the model merges itself."""
+    per_view = []
+    for scale, flip in views:
         shown = [view_image(image, scale, flip) for image in images]
-        detections = super().forward(shown)
-        return [map_back(d, tuple(image.shape[-2:]), tuple(s.shape[-2:]), flip)
-                for d, image, s in zip(detections, images, shown, strict=True)]
+        detections = MaskRCNN.forward(model, shown)
+        per_view.append([map_back(d, tuple(image.shape[-2:]), tuple(s.shape[-2:]), flip)
+                         for d, image, s in zip(detections, images, shown, strict=True)])
+    return per_view
 
 
 def view_image(image: Tensor, scale: float, flip: bool) -> Tensor:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +61,28 @@ def test_throughput_bench_trains_with_1_and_2_processes_and_predicts_at_each_bat
     assert re.search(r"^train +2 processes +[\d.]+ images/s +\(4 images in [\d.]+ s, batch 2 a process", out, re.M), out
     for batch in (1, 2):
         assert re.search(rf"^predict +batch {batch} +[\d.]+ photos/s +\(4 photos of 128x96 in", out, re.M), out
+
+
+@pytest.mark.slow  # three tiny training runs and a suggest: 6 minutes on 2 cores shared with other work
+def test_suggest_bench_fine_tunes_on_the_suggested_and_a_random_pick_and_prints_both(tmp_path, capsys, monkeypatch):
+    for name, value in train_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "bench"
+    tiny = [o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.check_val_every_n_epoch"))]
+    assert main(["suggest", "--pool", "4", "--val", "2", "--k", "2", "--seeds", "0", "--start-epochs", "1",
+                 "--finetune-epochs", "1", "--width", "128", "--height", "96", "--out", str(out), *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^start model: the default recipe for 1 epochs, val mask AP 0\.\d{4}$", printed, re.M), printed
+    for row in ("0", "mean"):
+        assert re.search(rf"^{row} +0\.\d{{4}} +0\.\d{{4}} +[+-]0\.\d{{4}} +\d+ +[\d.]+$", printed, re.M), printed
+    # the suggested pick is the project's photos, most unsure first; each fine-tune trained on its own pick
+    project = json.loads((out / "suggested_via.json").read_text())
+    picked = [project["_via_img_metadata"][key]["filename"] for key in project["_via_image_id_list"]]
+    suggested = json.loads((out / "picks" / "suggested_seed0.json").read_text())
+    assert [Path(entry["filename"]).name for entry in suggested.values()] == picked
+    for arm in ("suggested", "random"):
+        assert "data: 2 training, 2 validation images" in (out / "finetune" / f"{arm}_seed0" / "train.log").read_text()
+    assert "data: 10 training, 2 validation images" in (out / "start" / "train.log").read_text()
 
 
 # booksegm's CPU default until 0.1 (commit 90882fe), the baseline `bench accuracy` measures against

@@ -26,10 +26,12 @@ COMMANDS = {  # command: (module, one line of help)
     "serve": ("booksegm.cli.serve", "inventory on a local web page: drop shelf photos, see the numbered books, "
                                     "download crops, CSV, VIA project (Hydra)"),
     "export": ("booksegm.cli.export", "export a checkpoint as a torchvision state dict, TorchScript or ONNX (Hydra)"),
-    "data": ("booksegm.cli.data", "annotation tools: synth (render the synthetic set), check, convert"),
+    "data": ("booksegm.cli.data", "annotation tools: synth (render the synthetic set), check, convert, suggest "
+                                  "(the photos to label next)"),
     "anchors": ("booksegm.cli.anchors", "suggest anchor sizes and ratios from the boxes of an annotation file"),
     "bench": ("booksegm.bench", "speed against a plain torchvision loop; bench accuracy|curves: recipes side by "
-                                "side; bench inventory: shelf order"),
+                                "side; bench inventory: shelf order; bench suggest: labelling suggested vs random "
+                                "photos"),
     "sweep-report": ("booksegm.cli.sweep_report", "rank the jobs of a Hydra multirun by validation mask AP"),
     "weights": ("booksegm.cli.weights", "the models bundled in the package: recipe, data, figures, sha256"),
 }

@@ -80,6 +80,21 @@ def test_masks_of_doubtful_pixels_rank_higher_than_crisp_ones():
     assert poor_masks(np.zeros((0, 20, 20))) == 0.0
 
 
+def test_summing_ranks_photos_with_more_doubtful_books_first_where_the_mean_does_not():
+    t = 0.5
+    crowded, lone = [0.5] * 6 + [0.95] * 6, [0.5]  # six borderline books among twelve, against one of one
+    assert near_threshold(crowded, t) == pytest.approx((6 + 6 * 0.1) / 12) and near_threshold(lone, t) == 1.0
+    assert near_threshold(crowded, t, "sum") == pytest.approx(6.6) and near_threshold(lone, t, "sum") == 1.0
+    books = np.stack([box_mask(2, 6), box_mask(8, 12), box_mask(14, 18)])
+    assert view_disagreement([books, books[:1]], "sum") == pytest.approx(2.0)  # two books the second view misses
+    assert view_disagreement([books, books[:1]], "mean") == pytest.approx(2 / 4)
+    doubtful = np.where(box_mask(2, 6), 0.6, 0.4)[None]
+    assert poor_masks(np.concatenate([doubtful] * 3), "sum") == pytest.approx(3 * 0.8)
+    assert near_threshold([], t, "sum") == 0.0 and poor_masks(np.zeros((0, 20, 20)), "sum") == 0.0
+    with pytest.raises(ValueError, match="mean or sum"):
+        near_threshold(lone, t, "max")
+
+
 def test_photo_uncertainty_reads_shown_detections_at_the_threshold_and_ranks_photos():
     t = 0.5
     masks = np.stack([np.where(box_mask(2, 6), 0.9, 0.0), np.where(box_mask(8, 12), 0.7, 0.0)])[:, None]
@@ -182,6 +197,12 @@ def test_suggest_ranks_by_the_criteria_weighted_as_asked(models, unlabelled, tmp
         assert all(float(r[0]) == float(r[column]) for r in rows)
         ranked[criterion] = [r[3] for r in rows]
     assert ranked["near"] != ranked["views"]  # each criterion orders these photos its own way
+    # summed, each criterion counts doubtful books: the near column is the sum of closeness over the detections
+    assert main(["suggest", str(unlabelled), "--ckpt", str(models["one"]), "-k", "5", "--out",
+                 str(tmp_path / "sum.json"), "--score-threshold", str(THRESHOLD), "--device", "cpu",
+                 "--aggregate", "sum"]) == 0
+    rows = re.findall(r"^ +\d +[\d.]+ +([\d.]+) +[\d.]+ +[\d.]+ +\d+  (\S+)$", capsys.readouterr().out, re.M)
+    assert len(rows) == 3 and all(float(near) > 1.0 for near, _ in rows)  # several borderline books a photo
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

@@ -95,7 +95,8 @@ def suggest(args: argparse.Namespace) -> int:
             continue
         seen = predict_views(loaded, image, loaded.resize, shown_from=threshold)
         uncertainties.append(photo_uncertainty(seen.merged["scores"], seen.merged["masks"],
-                                               [(view["scores"], view["masks"]) for view in seen.views], threshold))
+                                               [(view["scores"], view["masks"]) for view in seen.views], threshold,
+                                               args.aggregate))
         records.append(via_record(path, path.relative_to(args.unlabelled_dir), seen.detections,
                                   DetectorSettings.polygon_tolerance))
     if not records:
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1)")
     p.add_argument("--weight-masks", type=float, default=1.0,
                    help="weight of masks whose pixels the model is unsure of, low maskness (default 1)")
+    p.add_argument("--aggregate", choices=("mean", "sum"), default="mean",
+                   help="how a photo's detections add up in each criterion: mean (the share of doubt in the photo) "
+                        "or sum (how many doubtful books it holds)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(run=suggest)
     return parser

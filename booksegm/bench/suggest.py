@@ -14,8 +14,9 @@ On the synthetic generator, from one weak model:
 Prints each fine-tune's validation mask AP, the suggested pick's against the random one's per seed
 and their means, and how many books each pick holds (labelling them is the cost). Every step
 writes into ``--out``; a step whose result is there already (the start checkpoint, a
-fine-tune's ``metrics.json``) is read instead of run again, so delete ``--out`` to start over.
-Asserts nothing.
+fine-tune's ``metrics.json``) is read instead of run again, so delete ``--out`` to start over, or
+give another ``--name`` with other ``--suggest-args`` to compare another ranking with the same
+start model and random picks (only its suggest and fine-tunes run). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -51,12 +52,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=256, help="pool and validation photo width, px (the default's)")
     parser.add_argument("--height", type=int, default=192, help="pool and validation photo height, px")
     parser.add_argument("--suggest-args", default="",
-                        help="more options for booksegm data suggest, in one string (e.g. '--weight-views 0')")
+                        help="more options for booksegm data suggest, in one string (e.g. '--aggregate sum')")
+    parser.add_argument("--name", default="suggested",
+                        help="the suggested pick's name in the table and the files: another name with other "
+                             "--suggest-args adds a pick beside the runs already in --out")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_suggest"), help="every set, pick and run")
     parser.add_argument("overrides", nargs="*", help="booksegm.train overrides added to every training run")
     args = parser.parse_args(argv)
     if args.k < 1 or args.pool < args.k or args.val < 1 or min(args.start_epochs, args.finetune_epochs) < 1:
         raise ConfigError("need 1 <= --k <= --pool, --val >= 1 and at least one epoch for each run")
+    if not args.name.isidentifier() or args.name == "random":
+        raise ConfigError(f"--name {args.name!r}: a word of letters, digits and _, not 'random'")
     return args
 
 
@@ -99,12 +105,12 @@ def train(run_dir: Path, overrides: list[str], common: list[str]) -> dict:
     return {**summary["last"], "wall_s": summary["wall_time_s"]}
 
 
-def suggested(start: Path, pool: Path, k: int, out: Path, extra: list[str]) -> list[str]:
+def suggested(start: Path, pool: Path, args: argparse.Namespace, out: Path) -> list[str]:
     """The file names ``booksegm data suggest`` puts in its project, most unsure first."""
-    project = out / "suggested_via.json"
+    project = out / f"{args.name}_via.json"
     if not project.is_file():
-        run([sys.executable, "-m", "booksegm.data", "suggest", str(pool), "--ckpt", str(start), "-k", str(k),
-             "--out", str(project), *extra], out / "suggest.log")
+        run([sys.executable, "-m", "booksegm.data", "suggest", str(pool), "--ckpt", str(start), "-k", str(args.k),
+             "--out", str(project), *args.suggest_args.split()], out / f"{args.name}.log")
     return [record.file_name for record in read_via(project, ReaderOptions(image_root=pool)).records]
 
 
@@ -112,14 +118,13 @@ def book_count(entries: dict) -> int:
     return sum(len(entry["regions"]) for entry in entries.values())
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ["seed", "suggested", "random", "difference", "books suggested", "books random"]
-    lines = [[str(r["seed"]), f"{r['suggested']:.4f}", f"{r['random']:.4f}", f"{r['suggested'] - r['random']:+.4f}",
-              str(r["books_suggested"]), str(r["books_random"])] for r in rows]
-    mean = {key: statistics.mean(r[key] for r in rows) for key in ("suggested", "random", "books_random")}
-    lines.append(["mean", f"{mean['suggested']:.4f}", f"{mean['random']:.4f}",
-                  f"{mean['suggested'] - mean['random']:+.4f}", str(rows[0]["books_suggested"]),
-                  f"{mean['books_random']:.1f}"])
+def format_table(rows: list[dict], name: str) -> str:
+    header = ["seed", name, "random", "difference", f"books {name}", "books random"]
+    lines = [[str(r["seed"]), f"{r[name]:.4f}", f"{r['random']:.4f}", f"{r[name] - r['random']:+.4f}",
+              str(r[f"books_{name}"]), str(r["books_random"])] for r in rows]
+    mean = {key: statistics.mean(r[key] for r in rows) for key in (name, "random", "books_random")}
+    lines.append(["mean", f"{mean[name]:.4f}", f"{mean['random']:.4f}", f"{mean[name] - mean['random']:+.4f}",
+                  str(rows[0][f"books_{name}"]), f"{mean['books_random']:.1f}"])
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     text = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
             for row in [header, *lines]]
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
     print(f"start model: the default recipe for {epochs} epochs, val mask AP {start['val/mask_AP']:.4f}", flush=True)
 
     by_name = {Path(entry["filename"]).name: key for key, entry in pool.items()}
-    picks = {"suggested": suggested(start_ckpt, out / "pool" / "images", args.k, out, args.suggest_args.split())}
+    picks = {args.name: suggested(start_ckpt, out / "pool" / "images", args, out)}
     rows = []
     for seed in args.seeds:
         picks["random"] = list(np.random.default_rng(seed).choice(sorted(by_name), args.k, replace=False))
@@ -163,5 +168,5 @@ def main(argv=None) -> int:
         rows.append(row)
     print(f"\nval mask AP after fine-tuning on {args.k} photos for {args.finetune_epochs} epochs "
           f"(start model: {start['val/mask_AP']:.4f})")
-    print(format_table(rows))
+    print(format_table(rows, args.name))
     return 0

@@ -63,7 +63,7 @@ def test_throughput_bench_trains_with_1_and_2_processes_and_predicts_at_each_bat
         assert re.search(rf"^predict +batch {batch} +[\d.]+ photos/s +\(4 photos of 128x96 in", out, re.M), out
 
 
-@pytest.mark.slow  # three tiny training runs and a suggest: 6 minutes on 2 cores shared with other work
+@pytest.mark.slow  # three tiny training runs and a suggest: 1 to 6 minutes on 2 shared cores
 def test_suggest_bench_fine_tunes_on_the_suggested_and_a_random_pick_and_prints_both(tmp_path, capsys, monkeypatch):
     for name, value in train_env(tmp_path).items():
         monkeypatch.setenv(name, value)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+import torch
 
 from booksegm.evaluation.voc import ArrayLike, binary_masks, mask_ious, to_numpy
 
@@ -86,11 +87,16 @@ def best_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def poor_masks(probabilities: ArrayLike, aggregate: str = "mean") -> float:
     """``2 (1 - maskness)`` of each of the [N, H, W] (or [N, 1, H, W]) mask probabilities, added up."""
-    probabilities = to_numpy(probabilities).astype(np.float64)
-    flat = probabilities.reshape(len(probabilities), int(np.prod(probabilities.shape[1:])))
-    kept = flat > 0.5
-    maskness = (flat * kept).sum(1) / np.maximum(kept.sum(1), 1)  # an empty mask: maskness 0
-    return add_up(np.clip(2.0 * (1.0 - maskness), 0.0, 1.0), aggregate)
+    quality = maskness(torch.as_tensor(to_numpy(probabilities), dtype=torch.float64)).numpy()
+    return add_up(np.clip(2.0 * (1.0 - quality), 0.0, 1.0), aggregate)
+
+
+def maskness(probabilities: torch.Tensor) -> torch.Tensor:
+    """Each mask's mean probability over the pixels it keeps (> 0.5), SOLOv2's "maskness", from 0.5
+    to 1; an empty mask: 0. Also what the model's maskness scoring multiplies its scores by."""
+    flat = probabilities.flatten(1)
+    kept = (flat > 0.5).to(flat.dtype)
+    return (flat * kept).sum(1) / kept.sum(1).clamp(min=1.0)
 
 
 def photo_uncertainty(scores: ArrayLike, masks: ArrayLike, views: list[tuple[ArrayLike, ArrayLike]],

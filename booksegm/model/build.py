@@ -26,6 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from booksegm.config import ConfigError
+from booksegm.evaluation.uncertainty import maskness
 from booksegm.model.efficientnet_lite import FPN_IN_CHANNELS, FPN_TAPS, efficientnet_lite0_body, lite_batch_norm
 from booksegm.model.tta import AS_GIVEN, TTAMaskRCNN, tta_views
 
@@ -188,10 +189,7 @@ class PreResizedTransform(GeneralizedRCNNTransform):
 def rescore_by_maskness(detections: dict[str, Tensor], score_thresh: float, power: float = 1.0) -> dict[str, Tensor]:
     """Scores times maskness to ``power`` (on the RoI-sized mask probabilities), those under
     ``score_thresh`` dropped, best first."""
-    probabilities = detections["masks"].flatten(1)
-    kept = (probabilities > 0.5).to(probabilities.dtype)
-    maskness = (probabilities * kept).sum(1) / kept.sum(1).clamp(min=1.0)
-    scores = detections["scores"] * maskness**power
+    scores = detections["scores"] * maskness(detections["masks"]) ** power
     order = torch.argsort(scores, descending=True)
     order = order[scores[order] >= score_thresh]
     rescored = {k: v[order] for k, v in detections.items()}

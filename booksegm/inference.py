@@ -11,7 +11,8 @@
   photo size, and its detections come back at the photo's own size. Checkpoints trained with
   ``resize.mode=none`` would otherwise run a 6000x4000 photo at full size: past 11 GB.
 - :func:`predict_views`: a photo's detections with each test-time view's apart, for ``booksegm
-  data suggest``, which measures how much the views disagree.
+  data suggest``, which measures how much the views disagree; :func:`image_features`: what the
+  backbone sees in a photo, by which suggest tells kinds of photo apart.
 """
 
 from __future__ import annotations
@@ -345,3 +346,15 @@ def predict_views(loaded: LoadedModel, image: np.ndarray, resize: ResizeConfig, 
               if merges else views[0])
     shown = {key: value[merged["scores"] >= shown_from] for key, value in merged.items()}
     return ViewedPhoto(restore_detections(shown, placement), merged, views)
+
+
+@torch.no_grad()
+def image_features(loaded: LoadedModel, image: np.ndarray, resize: ResizeConfig,
+                   max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """A photo (RGB uint8) as one vector: each of the backbone's feature maps averaged over the
+    photo and scaled to unit length (so that every level counts alike), joined, unit length."""
+    model = loaded.model
+    tensor, _ = prepare_image(image, resize, max_side)
+    batch, _ = model.transform([tensor.to(next(model.parameters()).device)])
+    levels = [F.normalize(level.mean((2, 3))[0], dim=0) for level in model.backbone(batch.tensors).values()]
+    return (torch.cat(levels) / len(levels) ** 0.5).cpu().numpy()

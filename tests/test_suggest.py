@@ -22,13 +22,14 @@ from booksegm.data.synthetic import render_scene
 from booksegm.evaluation.uncertainty import (
     CriterionWeights,
     PhotoUncertainty,
+    diverse_pick,
     near_threshold,
     photo_uncertainty,
     poor_masks,
     rank,
     view_disagreement,
 )
-from booksegm.inference import LoadedModel, load_model, predict_views, prepare_image
+from booksegm.inference import LoadedModel, image_features, load_model, predict_views, prepare_image
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.tta import TTAMaskRCNN
 
@@ -142,6 +143,43 @@ def unlabelled(tmp_path_factory) -> Path:
     return folder
 
 
+def test_a_diverse_pick_takes_a_photo_of_each_kind_where_the_most_unsure_are_alike():
+    rng = np.random.default_rng(0)
+    kinds = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    features = np.concatenate([rng.normal(centre, 0.1, (10, 2)) for centre in kinds])
+    uncertainties = list(rng.uniform(0.6, 0.9, 10)) + list(rng.uniform(0.1, 0.4, 20))  # the first kind: hard
+    assert all(i < 10 for i in rank(uncertainties)[:3])  # the three most unsure are all of the first kind
+    picked = diverse_pick(features, uncertainties, 3)
+    assert sorted(i // 10 for i in picked) == [0, 1, 2]
+    assert [uncertainties[i] for i in picked] == sorted((uncertainties[i] for i in picked), reverse=True)
+    # each is its kind's most typical photo: the one nearest its kind's (weighted) centre
+    for i in picked:
+        kind = slice(i // 10 * 10, i // 10 * 10 + 10)
+        centre = np.average(features[kind], axis=0, weights=uncertainties[kind])
+        assert i == i // 10 * 10 + np.linalg.norm(features[kind] - centre, axis=1).argmin()
+    assert diverse_pick(features, uncertainties, 3) == picked  # seeded: the same pick again
+    assert diverse_pick(features, uncertainties, 40) == rank(uncertainties)  # k beyond the photos: all, ranked
+    with pytest.raises(ValueError, match="30 feature rows for 29 uncertainties"):
+        diverse_pick(features, uncertainties[:-1], 3)
+
+
+def test_unsure_photos_draw_the_diverse_pick_to_them():
+    features = np.arange(100.0)[:, None]  # photos along one line, the model unsure of the last fifth
+    uncertainties = [1.0 if x >= 80 else 0.01 for x in range(100)]
+    evenly = diverse_pick(features, [1.0] * 100, 2)
+    drawn = diverse_pick(features, uncertainties, 2)
+    assert max(drawn) >= 80 > max(evenly) and min(drawn) > min(evenly)
+
+
+def test_image_features_are_one_unit_vector_a_photo(models, unlabelled):
+    loaded = load_model(models["one"])
+    photos = [np.asarray(Image.open(unlabelled / name)) for name in ("a.jpg", "b.png")]
+    a, again, b = (image_features(loaded, photo, RESIZE) for photo in (photos[0], photos[0], photos[1]))
+    levels = len(loaded.model.backbone(torch.zeros(1, 3, 96, 96)))
+    assert a.shape == (levels * loaded.model.backbone.out_channels,)
+    assert np.linalg.norm(a) == pytest.approx(1.0) and np.array_equal(a, again) and not np.allclose(a, b)
+
+
 @pytest.mark.parametrize("views", ["one", "mirrored"])
 def test_predict_views_gives_the_models_own_detections_and_each_view_apart(models, unlabelled, views):
     loaded = load_model(models[views])
@@ -203,6 +241,29 @@ def test_suggest_ranks_by_the_criteria_weighted_as_asked(models, unlabelled, tmp
                  "--aggregate", "sum"]) == 0
     rows = re.findall(r"^ +\d +[\d.]+ +([\d.]+) +[\d.]+ +[\d.]+ +\d+  (\S+)$", capsys.readouterr().out, re.M)
     assert len(rows) == 3 and all(float(near) > 1.0 for near, _ in rows)  # several borderline books a photo
+
+
+def test_suggest_picks_diverse_photos_by_default_or_the_most_unsure_on_request(models, unlabelled, tmp_path, capsys):
+    common = ["--ckpt", str(models["one"]), "--score-threshold", str(THRESHOLD), "--device", "cpu"]
+    assert main(["suggest", str(unlabelled), "-k", "5", "--out", str(tmp_path / "all.json"), *common]) == 0
+    totals = {name: float(total) for total, name in
+              re.findall(r"^ +\d +([\d.]+) +[\d.]+ +[\d.]+ +[\d.]+ +\d+  (\S+)$", capsys.readouterr().out, re.M)}
+    names = sorted(totals)  # the photos in the order suggest reads them: a.jpg, b.png, sub/c.jpg
+    loaded = load_model(models["one"])
+    features = np.stack([image_features(loaded, np.asarray(Image.open(unlabelled / n).convert("RGB")), RESIZE)
+                         for n in names])
+    expected = {"uncertain": sorted(names, key=lambda n: -totals[n])[:2],
+                "diverse": [names[i] for i in diverse_pick(features, [totals[n] for n in names], 2)],
+                "typical": [names[i] for i in diverse_pick(features, [1.0] * 3, 2)]}
+    assert expected["uncertain"] != expected["diverse"]  # else this test could not tell the picks apart
+    for pick, extra in (("uncertain", ["--pick", "uncertain"]), ("diverse", []), ("typical", ["--pick", "typical"])):
+        out = tmp_path / f"{pick}.json"
+        assert main(["suggest", str(unlabelled), "-k", "2", "--out", str(out), *common, *extra]) == 0
+        printed = capsys.readouterr().out
+        assert {"uncertain": "the 2 most unsure,", "diverse": "2 of different kinds, leaning to the unsure,",
+                "typical": "2 of different kinds,"}[pick] in printed
+        picked = [r.file_name for r in read_via(out, ReaderOptions(image_root=unlabelled)).records]
+        assert picked == expected[pick], pick
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

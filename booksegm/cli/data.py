@@ -69,13 +69,14 @@ def convert(args: argparse.Namespace) -> int:
 def suggest(args: argparse.Namespace) -> int:
     """Rank the photos by the model's uncertainty (booksegm.evaluation.uncertainty) and write the
     top k, the model's books drawn on them, as a VIA 2 project, most unsure first."""
+    import numpy as np
     from tqdm import tqdm
 
     from booksegm.data.formats.via import write_via
     from booksegm.data.images import ImageReadError, load_rgb
     from booksegm.data.records import AnnotationSet
-    from booksegm.evaluation.uncertainty import photo_uncertainty, rank
-    from booksegm.inference import load_model, predict_views, select_device
+    from booksegm.evaluation.uncertainty import diverse_pick, photo_uncertainty, rank
+    from booksegm.inference import image_features, load_model, predict_views, select_device
     from booksegm.photos import DetectorSettings, closing_lines, via_record
 
     weights = suggest_weights(args)
@@ -85,7 +86,7 @@ def suggest(args: argparse.Namespace) -> int:
         raise ConfigError(f"{loaded.source}: the checkpoint does not say how images were resized (no run config in "
                           "or beside it); use the run's own checkpoint or an exported model")
     threshold = loaded.display_threshold(args.score_threshold)
-    records, uncertainties, skipped = [], [], []
+    records, uncertainties, features, skipped = [], [], [], []
     for path in tqdm(photos, desc="suggest", unit="img"):
         try:
             image = load_rgb(path)
@@ -99,14 +100,22 @@ def suggest(args: argparse.Namespace) -> int:
                                                args.aggregate))
         records.append(via_record(path, path.relative_to(args.unlabelled_dir), seen.detections,
                                   DetectorSettings.polygon_tolerance))
+        if args.pick != "uncertain":
+            features.append(image_features(loaded, image, loaded.resize))
     if not records:
         raise ConfigError(f"{args.unlabelled_dir}: none of its {len(photos)} photos could be read")
-    top = rank([u.total(weights) for u in uncertainties])[:args.k]
+    totals = [u.total(weights) for u in uncertainties]
+    if args.pick == "uncertain":
+        top = rank(totals)[:args.k]
+    else:
+        top = diverse_pick(np.stack(features), totals if args.pick == "diverse" else [1.0] * len(totals), args.k)
     picked = AnnotationSet(source=args.out, flavour="via2_project", records=[records[i] for i in top],
                            class_names=tuple(loaded.class_names))
     write_via(picked, args.out, image_root=args.unlabelled_dir, project=True)
+    chosen = {"uncertain": "the {} most unsure", "diverse": "{} of different kinds, leaning to the unsure",
+              "typical": "{} of different kinds"}[args.pick].format(len(top))
     print(f"{len(records)} photos ranked by {loaded.source} (books shown from score {threshold:.3f}); "
-          f"the {len(top)} most unsure, with the model's {picked.num_instances} books drawn:")
+          f"{chosen}, with the model's {picked.num_instances} books drawn:")
     print(suggestion_table([(records[i].file_name, uncertainties[i], len(records[i].instances)) for i in top],
                            weights))
     print("\n".join(closing_lines(skipped, [], args.out)))
@@ -200,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", choices=("mean", "sum"), default="mean",
                    help="how a photo's detections add up in each criterion: mean (the share of doubt in the photo) "
                         "or sum (how many doubtful books it holds)")
+    p.add_argument("--pick", choices=("diverse", "typical", "uncertain"), default="diverse",
+                   help="diverse: from each of k clusters of alike photos the most typical, the clusters drawn to "
+                        "the unsure photos; typical: the same, every photo weighing alike; uncertain: the k most "
+                        "unsure photos")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(run=suggest)
     return parser

@@ -16,8 +16,15 @@ it holds; Brust et al. 2019, "Active Learning for Deep Object Detection", found 
   pixels the model is unsure of.
 
 A photo's uncertainty is the criteria's weighted mean (:class:`CriterionWeights`). A photo without
-detections scores 0 on each: nothing the model doubts. The functions take numpy arrays or tensors
-and run no model.
+detections scores 0 on each: nothing the model doubts.
+
+Which k photos to label: the k most unsure (:func:`rank`), or a diverse pick
+(:func:`diverse_pick`, Zhdanov 2019, "Diverse mini-batch Active Learning"): k clusters of the
+photos' image features, each photo weighted by its uncertainty, and from each cluster the photo
+nearest its centre. The k most unsure photos tend to be alike (the same hard scene, k times);
+a few labels teach more when they cover the kinds of photo there are.
+
+The functions take numpy arrays or tensors and run no model.
 """
 
 from __future__ import annotations
@@ -117,3 +124,49 @@ def photo_uncertainty(scores: ArrayLike, masks: ArrayLike, views: list[tuple[Arr
 def rank(uncertainties: list[float]) -> list[int]:
     """Indices from the most unsure to the least (ties keep their order)."""
     return sorted(range(len(uncertainties)), key=lambda i: -uncertainties[i])
+
+
+def diverse_pick(features: ArrayLike, uncertainties: list[float], k: int, seed: int = 0,
+                 iterations: int = 50) -> list[int]:
+    """k photos spread over ``features`` ([N, D], one row a photo) and drawn to where the model is
+    unsure: weighted k-means (k-means++ start, ``seed``) with ``uncertainties`` as weights, then the
+    photo nearest each centre; most unsure first. All photos when k >= N."""
+    points = to_numpy(features).astype(np.float64)
+    weights = np.asarray(uncertainties, dtype=np.float64)
+    if len(points) != len(weights):
+        raise ValueError(f"{len(points)} feature rows for {len(weights)} uncertainties")
+    if k >= len(points):
+        return rank(list(weights))
+    weights = weights + 1e-6 * max(weights.max(), 1.0)  # a photo nothing is doubted on still counts a little
+    centres = kmeans_plus_plus(points, weights, k, np.random.default_rng(seed))
+    for _ in range(iterations):
+        nearest = squared_distances(points, centres).argmin(1)
+        moved = centres.copy()
+        for c in range(k):
+            members = nearest == c
+            if members.any():
+                moved[c] = np.average(points[members], axis=0, weights=weights[members])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    distances = squared_distances(points, centres)
+    nearest = distances.argmin(1)
+    picked = [int(np.flatnonzero(nearest == c)[distances[nearest == c, c].argmin()])
+              for c in range(k) if (nearest == c).any()]
+    # an emptied cluster leaves a place: the most unsure photos not picked yet fill it
+    picked += [i for i in rank(list(weights)) if i not in picked][:k - len(picked)]
+    return sorted(picked, key=lambda i: -weights[i])
+
+
+def kmeans_plus_plus(points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k starting centres, each drawn with probability weight x squared distance to the nearest one drawn."""
+    centres = [points[rng.choice(len(points), p=weights / weights.sum())]]
+    for _ in range(k - 1):
+        chances = weights * squared_distances(points, np.array(centres)).min(1)
+        total = chances.sum()
+        centres.append(points[rng.choice(len(points), p=chances / total)] if total > 0 else points[rng.integers(len(points))])
+    return np.array(centres)
+
+
+def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from booksegm.config import ConfigError
+import json
 import logging
 import multiprocessing
 from collections.abc import Callable
@@ -15,8 +15,9 @@ import torch
 from omegaconf import MISSING
 from torch.utils.data import DataLoader
 
-from booksegm.data.dataset import BookDataset, SkipEmptyBatches, collate_detection
+from booksegm.config import ConfigError
 from booksegm.data.check import format_report, summarize
+from booksegm.data.dataset import BookDataset, SkipEmptyBatches, collate_detection
 from booksegm.data.formats import load_annotations
 from booksegm.data.formats.common import UNKNOWN_CLASS_POLICIES
 from booksegm.data.formats.options import ReaderOptions
@@ -25,6 +26,8 @@ from booksegm.data.records import AnnotationError, AnnotationSet, ClassMap, Imag
 from booksegm.data.resize import ResizeConfig
 from booksegm.data.sampler import ResumableLoader, SeededShuffleSampler
 from booksegm.data.synthetic import ANNOTATION_FILE, IMAGE_FOLDER, STYLES, generate_dataset
+from booksegm.data.synthetic.spine_photos import cut_spines
+from booksegm.data.synthetic.writer import SETTINGS_FILE, render_settings
 from booksegm.data.transforms import AugmentConfig, build_augmentation
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ class SyntheticConfig:
     height: int = 240  # rendered image height, pixels
     seed: int = 0  # the same seed renders the same images
     style: str = "photo"  # photo | plain: the same scenes without light, shadows, blur, noise or vases (ablation)
+    spine_photos: str | None = None  # labelled real photos (VIA, COCO, YOLO) whose books paint rendered spines
+    spine_share: float = 0.8  # share of rendered spines painted with a real one when spine_photos is set
 
 
 @dataclass
@@ -76,6 +81,8 @@ class DataConfig:
             raise ConfigError(f"data.format={self.format!r} is unknown; choose one of {list(FORMATS)}")
         if self.synthetic.style not in STYLES:
             raise ConfigError(f"data.synthetic.style={self.synthetic.style!r} is unknown; choose one of {list(STYLES)}")
+        if not 0.0 < self.synthetic.spine_share <= 1.0:
+            raise ConfigError(f"data.synthetic.spine_share must lie in (0, 1], got {self.synthetic.spine_share}")
         if self.on_unknown_class not in UNKNOWN_CLASS_POLICIES:
             raise ConfigError(f"data.on_unknown_class must be one of {list(UNKNOWN_CLASS_POLICIES)}, got {self.on_unknown_class!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -126,10 +133,27 @@ class BookDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         root = self.synthetic_root
-        if root is not None and not (root / ANNOTATION_FILE).exists():
-            s = self.cfg.synthetic
-            log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, root)
-            generate_dataset(root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style)
+        if root is None:
+            return
+        s = self.cfg.synthetic
+        wanted = render_settings(s.num_images, s.seed, s.width, s.height, s.style, s.spine_photos, s.spine_share)
+        if (root / ANNOTATION_FILE).exists():
+            # a folder rendered before settings were recorded had drawn spines only; the rest is trusted
+            recorded = root / SETTINGS_FILE
+            found = json.loads(recorded.read_text()) if recorded.exists() else {**wanted, "spines": None,
+                                                                                 "spine_share": None}
+            if found != wanted:
+                changed = ", ".join(f"{key} {found.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
+                                    if found.get(key) != value)
+                raise ConfigError(f"data.synthetic_root={root} was rendered with other settings ({changed}): give "
+                                  "another data.synthetic_root, or delete the folder to render it again")
+            return
+        spines = None
+        if s.spine_photos:
+            options = ReaderOptions(class_map=self.class_map, on_unknown_class=self.cfg.on_unknown_class)
+            spines = cut_spines(load_annotations(s.spine_photos, "auto", options), s.spine_share, s.spine_photos)
+        log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, root)
+        generate_dataset(root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style, spines=spines)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -37,6 +38,9 @@ from booksegm.data.synthetic.textures import (
     wall_texture,
     wood_texture,
 )
+
+if TYPE_CHECKING:
+    from booksegm.data.synthetic.spine_photos import SpineCutouts
 
 SCENE_KINDS = ("shelf", "table", "empty")
 SCENE_WEIGHTS = (0.57, 0.38, 0.05)
@@ -75,14 +79,16 @@ class Scene:
     boxes: list = field(default_factory=list)
     is_book: list = field(default_factory=list)
     places: list = field(default_factory=list)  # each item's ShelfPlace or None
+    spines: SpineCutouts | None = None  # real spines to paint books with; None: drawn ones only
 
 
-def new_scene(rng, height: int, width: int, plain: bool = False) -> Scene:
+def new_scene(rng, height: int, width: int, plain: bool = False, spines: SpineCutouts | None = None) -> Scene:
     angle = rng.uniform(0.15, 0.85) * np.pi
     offset = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(0.004, 0.025) * height
     return Scene(
         image=np.zeros((height, width, 3), np.float32), shadow_offset=offset,
         shadow_blur=rng.uniform(0.008, 0.025) * height, shadow_strength=rng.uniform(0.2, 0.5), plain=plain,
+        spines=spines,
     )
 
 
@@ -164,9 +170,17 @@ def visible_outline(scene: Scene, index: int):
 # ---------------------------------------------------------------- books
 
 
-def spine_item(rng, corners: np.ndarray, length: float, thickness: float) -> Item:
+def spine_look(rng, length: float, thickness: float, colour, spines: SpineCutouts | None) -> np.ndarray:
+    """A spine's strip: cut from a real photo (at the cut-outs' share), else drawn in ``colour``.
+    Without cut-outs no random number is drawn here: scenes stay as they were."""
+    if spines is not None and rng.random() < spines.share:
+        return spines.strip(rng, length, thickness)
+    return spine_texture(rng, length, thickness, colour)
+
+
+def spine_item(rng, corners: np.ndarray, length: float, thickness: float, spines: SpineCutouts | None) -> Item:
     """A book showing its spine; corners are where the strip's (0,0), (L,0), (L,T), (0,T) go."""
-    texture = spine_texture(rng, length, thickness, book_colour(rng))
+    texture = spine_look(rng, length, thickness, book_colour(rng), spines)
     turned = corners[[2, 3, 0, 1]] if rng.random() < 0.5 else corners  # titles run up or down the spine
     return Item(corners, [(facing_corners(turned), texture)])
 
@@ -182,7 +196,8 @@ def upright(x: float, floor: float, width: float, height: float) -> np.ndarray:
     return rectangle(x, floor - height, x + width, floor)[[3, 0, 1, 2]]
 
 
-def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: float, budget: int) -> list[Item]:
+def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: float, budget: int,
+                spines: SpineCutouts | None) -> list[Item]:
     """A row of books standing on `floor`, between x_start and x_end, under `clearance` of headroom."""
     items = []
     x = x_start + (rng.uniform(0, 0.4) * clearance if rng.random() < 0.5 else 0)
@@ -208,7 +223,7 @@ def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: floa
                 corners = rectangle(shift, top - thick, shift + length, top)
                 stack.append((corners, length, thick))
                 top, right = top - thick, max(right, shift + length)
-            new_items = [spine_item(rng, place(c), length, t) for c, length, t in stack]
+            new_items = [spine_item(rng, place(c), length, t, spines) for c, length, t in stack]
             leaning_on = None
         elif kind < 0.08:  # one facing out, its cover tipped back a little
             cover_w = height * rng.uniform(0.62, 0.78)
@@ -224,9 +239,11 @@ def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: floa
             foot = np.array([foot_x, floor])
             along, up = np.array([c, -s]), np.array([-s, -c])
             corners = np.array([foot, foot + height * up, foot + height * up + width * along, foot + width * along])
-            new_items, right, leaning_on = [spine_item(rng, place(corners), height, width)], foot_x + width * c, None
+            new_items = [spine_item(rng, place(corners), height, width, spines)]
+            right, leaning_on = foot_x + width * c, None
         else:
-            new_items, right = [spine_item(rng, place(upright(x, floor, width, height)), height, width)], x + width
+            new_items = [spine_item(rng, place(upright(x, floor, width, height)), height, width, spines)]
+            right = x + width
             leaning_on = (right, height)
         if right > x_end:
             break
@@ -256,7 +273,7 @@ def cylinder_item(rng, base: np.ndarray, radius: float, height: float) -> Item:
     return Item(outline, layers, is_book=False)
 
 
-def lying_book(rng, cover: np.ndarray, thickness: float) -> Item:
+def lying_book(rng, cover: np.ndarray, thickness: float, spines: SpineCutouts | None) -> Item:
     """A book lying flat: its cover quad (top-left, top-right, bottom-right, bottom-left, spine on
     the left) seen from above, with the sides that face the camera below it."""
     drop = np.array([0.0, thickness])
@@ -273,7 +290,7 @@ def lying_book(rng, cover: np.ndarray, thickness: float) -> Item:
         if normal[1] <= 0:  # faces away from the camera
             continue
         length = np.linalg.norm(b - a)
-        texture = spine_texture(rng, length, thickness, colour) if k == 3 else page_texture(rng, length, thickness)
+        texture = spine_look(rng, length, thickness, colour, spines) if k == 3 else page_texture(rng, length, thickness)
         layers.append((facing_corners(np.array([a, b, b + drop, a + drop])), shaded(texture, side_shade)))
     width, height = np.linalg.norm(cover[1] - cover[0]), np.linalg.norm(cover[3] - cover[0])
     layers.append((cover, cover_texture(rng, width, height, colour)))
@@ -314,7 +331,7 @@ def build_shelves(rng, scene: Scene, with_books: bool) -> None:
     budget = int(rng.integers(4, MAX_SHELF_BOOKS + 1))
     in_view = floors[(floors > 0.3 * pitch) & (floors < height + 0.4 * pitch)]  # rows whose books show
     for floor in rng.permutation(in_view):
-        books = shelf_books(rng, left, right, floor, pitch - board, budget - sum(scene.is_book))
+        books = shelf_books(rng, left, right, floor, pitch - board, budget - sum(scene.is_book), scene.spines)
         for item in books:
             draw(scene, item)
         if books and rng.random() < 0.15:  # a vase or mug in front of the books
@@ -344,7 +361,8 @@ def build_table(rng, scene: Scene, with_books: bool) -> None:
         return
     if horizon > 0.2 * height and rng.random() < 0.5:  # books standing against the wall
         x0, x1 = width * rng.uniform(0, 0.4), width * rng.uniform(0.6, 1.0)
-        for item in shelf_books(rng, x0, x1, horizon + 0.01 * height, height * rng.uniform(0.2, 0.45), 12):
+        clearance = height * rng.uniform(0.2, 0.45)
+        for item in shelf_books(rng, x0, x1, horizon + 0.01 * height, clearance, 12, scene.spines):
             draw(scene, item)
     top = max(horizon, 0) + 0.1 * height
     spots = rng.uniform((0.08 * width, top), (0.92 * width, max(top, 0.95 * height)), (rng.integers(2, 8), 2))
@@ -357,7 +375,7 @@ def build_table(rng, scene: Scene, with_books: bool) -> None:
             centre_uv = spot + rng.normal(0, 0.015, 2)
             cover = map_points(plane_to_image, rotated_rect(centre_uv, size, base_angle + rng.normal(0, 0.15)))
             thickness = size[1] * rng.uniform(0.04, 0.14) * pixels_per_unit(plane_to_image, centre_uv)
-            book = lying_book(rng, cover - (0, lift + thickness), thickness)
+            book = lying_book(rng, cover - (0, lift + thickness), thickness, scene.spines)
             if not leaves_books_whole(scene, book.outline):
                 break
             draw(scene, book)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -13,16 +15,21 @@ from booksegm.data.formats.via import write_via
 from booksegm.data.records import AnnotationSet, ImageRecord, Instance
 from booksegm.data.synthetic.camera import render_scene
 
+if TYPE_CHECKING:
+    from booksegm.data.synthetic.spine_photos import SpineCutouts
+
 JPEG_QUALITY = 92
 ANNOTATION_FILE, IMAGE_FOLDER = "via_region_data.json", "images"  # a rendered set's layout under its folder
+SETTINGS_FILE = "render.json"  # what the set was rendered with, so that a reused folder can be checked
 
 
 def generate_dataset(
     out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
-    style: str = "photo",
+    style: str = "photo", spines: SpineCutouts | None = None,
 ) -> Path:
-    """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92) and out_dir/via_region_data.json;
-    return the JSON path. Deterministic for a seed (same bytes for same args). Shows a tqdm bar when progress."""
+    """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92), out_dir/via_region_data.json and
+    the settings in out_dir/render.json (:func:`render_settings`); return the JSON path.
+    Deterministic for a seed (same bytes for same args). Shows a tqdm bar when progress."""
     if num_images < 0 or width < 32 or height < 32:
         raise ConfigError(f"need num_images >= 0 and at least 32x32 pixels, got {num_images} images of {width}x{height}")
     out_dir = Path(out_dir)
@@ -31,7 +38,7 @@ def generate_dataset(
     json_path = out_dir / ANNOTATION_FILE
     annotations = AnnotationSet(source=json_path, flavour="synthetic", records=[], class_names=("book",))
     for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
-        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style)
+        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style, spines=spines)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         name = f"synth_{index:05d}.jpg"
@@ -39,4 +46,15 @@ def generate_dataset(
         instances = [Instance((polygon,), 1) for polygon in polygons]
         annotations.records.append(ImageRecord(name, image_dir / name, instances))
     write_via(annotations, json_path, image_root=image_dir)  # bare file names: the image root is images/
+    settings = render_settings(num_images, seed, width, height, style, spines)
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return json_path
+
+
+def render_settings(num_images: int, seed: int, width: int, height: int, style: str,
+                    spines: SpineCutouts | str | None, spine_share: float | None = None) -> dict:
+    """What a rendered set depends on; ``spines``: the cut-outs, or the annotations they come from."""
+    if spines is not None and not isinstance(spines, str):
+        spines, spine_share = spines.source, spines.share
+    return {"num_images": num_images, "seed": seed, "width": width, "height": height, "style": style,
+            "spines": spines, "spine_share": spine_share if spines is not None else None}

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from support import TINY, compose_config, select_values, train_env
 
 from booksegm.bench.__main__ import main, model_settings
+from booksegm.data.synthetic import render_scene
 from booksegm.training.module import build_optimizer
 
 
@@ -61,6 +66,37 @@ def test_throughput_bench_trains_with_1_and_2_processes_and_predicts_at_each_bat
     assert re.search(r"^train +2 processes +[\d.]+ images/s +\(4 images in [\d.]+ s, batch 2 a process", out, re.M), out
     for batch in (1, 2):
         assert re.search(rf"^predict +batch {batch} +[\d.]+ photos/s +\(4 photos of 128x96 in", out, re.M), out
+
+
+def test_latency_bench_times_the_model_per_photo_beside_the_peer_when_it_is_installed(tmp_path, capsys, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed, size in enumerate(((120, 80), (90, 160))):
+        Image.fromarray(render_scene(np.random.default_rng(seed), *size)[0]).save(photos / f"shelf{seed}.jpg")
+    (photos / "notes.txt").write_text("not a photo")
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # not installed: the line says how to get it
+    assert main(["latency", str(photos), "--photos", "5", "--repeats", "1", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "2 photos of" in out and "(the first 64x43), longer side 64 px" in out, out
+    assert re.search(r"^booksegm books.pth \(square 448 px, 1 view\) +median +[\d.]+ s a photo, mean +[\d.]+ s, +"
+                     r"[\d.]+ photos/s$", out, re.M), out
+    assert "yolov8n-seg: not measured (pip install ultralytics" in out
+
+    seen = []
+
+    class YOLO:  # Ultralytics' interface: built from the architecture file, predict on BGR arrays
+        def __init__(self, model, task):
+            assert (model, task) == ("yolov8n-seg.yaml", "segment")
+
+        def predict(self, image, imgsz, device, verbose):
+            seen.append((image.shape, int(image[0, 0, 0]), imgsz, device))
+
+    monkeypatch.setitem(sys.modules, "ultralytics", types.SimpleNamespace(YOLO=YOLO))
+    assert main(["latency", str(photos), "--photos", "1", "--repeats", "2", "--size", "64"]) == 0
+    assert re.search(r"^yolov8n-seg \(Ultralytics, untrained, imgsz 64\) +median", capsys.readouterr().out, re.M)
+    first = np.asarray(Image.open(photos / "shelf0.jpg").resize((64, 43)))
+    assert len(seen) == 3 and seen[0][0] == (43, 64, 3) and seen[0][2:] == (64, "cpu")  # a warm-up, then 2 runs
+    assert abs(seen[0][1] - int(first[0, 0, 2])) <= 8  # blue first: BGR, as Ultralytics reads arrays
 
 
 @pytest.mark.slow  # three tiny training runs and a suggest: 1 to 6 minutes on 2 shared cores

@@ -21,6 +21,9 @@ with 1 and 2 processes, photos/s of predict at batch 1, 4 and 8.
 
 ``python -m booksegm.bench suggest`` (booksegm.bench.suggest): a weak model fine-tuned on the k
 photos ``booksegm data suggest`` picks against k picked at random, validation mask AP of each.
+
+``python -m booksegm.bench latency PHOTOS`` (booksegm.bench.latency): seconds a photo of predict,
+beside YOLOv8n-seg's when Ultralytics is installed.
 """
 
 from __future__ import annotations
@@ -229,6 +232,10 @@ def main(argv=None) -> int:
         from booksegm.bench import throughput
 
         return throughput.main(argv[1:])
+    if argv[:1] == ["latency"]:
+        from booksegm.bench import latency
+
+        return latency.main(argv[1:])
     if argv[:1] == ["suggest"]:
         from booksegm.bench import suggest
 

@@ -115,6 +115,7 @@ def test_the_data_module_renders_with_real_spines_once_and_refuses_a_folder_rend
     BookDataModule(cfg).prepare_data()
     settings = json.loads((rendered / SETTINGS_FILE).read_text())
     assert settings["spines"] == str(tmp_path / "spines.json") and settings["spine_share"] == 1.0
+    assert settings["packed_share"] == 0.0 and settings["num_images"] == 2
     BookDataModule(cfg).prepare_data()  # the same settings: the folder is reused
     cfg.synthetic.spine_share = 0.5
     with pytest.raises(ConfigError, match=r"rendered with other settings \(spine_share 1.0 there, 0.5 asked\)"):
@@ -126,6 +127,9 @@ def test_the_data_module_renders_with_real_spines_once_and_refuses_a_folder_rend
     cfg.synthetic_root, cfg.root = str(plain), str(plain)
     with pytest.raises(ConfigError, match="spines None there"):
         BookDataModule(cfg).prepare_data()
-    cfg.synthetic.spine_share = 0.0
+    cfg.synthetic.packed_share = 1.5
+    with pytest.raises(ConfigError, match=r"data.synthetic.packed_share must lie in \[0, 1\], got 1.5"):
+        BookDataModule(cfg)
+    cfg.synthetic.packed_share, cfg.synthetic.spine_share = 0.0, 0.0
     with pytest.raises(ConfigError, match=r"data.synthetic.spine_share must lie in \(0, 1\], got 0.0"):
         BookDataModule(cfg)

@@ -62,6 +62,31 @@ def test_polygons_lie_inside_the_image_with_area(kind):
             assert polygon[:, 1].min() >= 0 and polygon[:, 1].max() <= HEIGHT
 
 
+def covered_width(polygons, width: int) -> float:
+    """The share of the photo's width under at least one book."""
+    covered = np.zeros(width, bool)
+    for polygon in polygons:
+        covered[int(polygon[:, 0].min()):int(np.ceil(polygon[:, 0].max()))] = True
+    return covered.mean()
+
+
+def test_packed_bookcases_fill_their_rows_with_more_and_thinner_books():
+    counts, shapes, cover = {}, {}, {}
+    for share in (0.0, 1.0):
+        scenes = [render_scene(np.random.default_rng([5, i]), 384, 288, "shelf", packed_share=share)[1]
+                  for i in range(12)]
+        counts[share] = np.mean([len(books) for books in scenes])
+        shapes[share] = np.median([np.ptp(b[:, 0]) / np.ptp(b[:, 1]) for books in scenes for b in books])
+        cover[share] = np.mean([covered_width(books, 384) for books in scenes])
+    assert counts[1.0] > 1.25 * counts[0.0] and shapes[1.0] < 0.8 * shapes[0.0], (counts, shapes)
+    assert cover[1.0] > 0.85 > cover[0.0], cover  # edge to edge
+    # tables and empty scenes are drawn as before
+    for kind in ("table", "empty"):
+        plain = render_scene(np.random.default_rng([5, 0]), 96, 64, kind)
+        packed = render_scene(np.random.default_rng([5, 0]), 96, 64, kind, packed_share=1.0)
+        assert np.array_equal(plain[0], packed[0])
+
+
 def test_empty_scenes_have_no_books():
     for index in range(3):
         image, polygons = render_scene(np.random.default_rng([2, index]), WIDTH, HEIGHT, "empty")

@@ -44,6 +44,7 @@ class SyntheticConfig:
     style: str = "photo"  # photo | plain: the same scenes without light, shadows, blur, noise or vases (ablation)
     spine_photos: str | None = None  # labelled real photos (VIA, COCO, YOLO) whose books paint rendered spines
     spine_share: float = 0.8  # share of rendered spines painted with a real one when spine_photos is set
+    packed_share: float = 0.0  # share of bookcases seen close up, rows packed full of thin spines (real shelves)
 
 
 @dataclass
@@ -81,6 +82,8 @@ class DataConfig:
             raise ConfigError(f"data.format={self.format!r} is unknown; choose one of {list(FORMATS)}")
         if self.synthetic.style not in STYLES:
             raise ConfigError(f"data.synthetic.style={self.synthetic.style!r} is unknown; choose one of {list(STYLES)}")
+        if not 0.0 <= self.synthetic.packed_share <= 1.0:
+            raise ConfigError(f"data.synthetic.packed_share must lie in [0, 1], got {self.synthetic.packed_share}")
         if not 0.0 < self.synthetic.spine_share <= 1.0:
             raise ConfigError(f"data.synthetic.spine_share must lie in (0, 1], got {self.synthetic.spine_share}")
         if self.on_unknown_class not in UNKNOWN_CLASS_POLICIES:
@@ -136,12 +139,14 @@ class BookDataModule(pl.LightningDataModule):
         if root is None:
             return
         s = self.cfg.synthetic
-        wanted = render_settings(s.num_images, s.seed, s.width, s.height, s.style, s.spine_photos, s.spine_share)
+        wanted = render_settings(s.num_images, s.seed, s.width, s.height, s.style, s.packed_share, s.spine_photos,
+                                 s.spine_share)
         if (root / ANNOTATION_FILE).exists():
-            # a folder rendered before settings were recorded had drawn spines only; the rest is trusted
+            # a folder rendered before settings were recorded had no packed shelves and drawn spines only;
+            # the rest is trusted
             recorded = root / SETTINGS_FILE
-            found = json.loads(recorded.read_text()) if recorded.exists() else {**wanted, "spines": None,
-                                                                                 "spine_share": None}
+            legacy = {**wanted, "packed_share": 0.0, "spines": None, "spine_share": None}
+            found = json.loads(recorded.read_text()) if recorded.exists() else legacy
             if found != wanted:
                 changed = ", ".join(f"{key} {found.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
                                     if found.get(key) != value)
@@ -153,7 +158,8 @@ class BookDataModule(pl.LightningDataModule):
             options = ReaderOptions(class_map=self.class_map, on_unknown_class=self.cfg.on_unknown_class)
             spines = cut_spines(load_annotations(s.spine_photos, "auto", options), s.spine_share, s.spine_photos)
         log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, root)
-        generate_dataset(root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style, spines=spines)
+        generate_dataset(root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style, spines=spines,
+                         packed_share=s.packed_share)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:

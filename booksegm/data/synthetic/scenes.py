@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 SCENE_KINDS = ("shelf", "table", "empty")
 SCENE_WEIGHTS = (0.57, 0.38, 0.05)
 MAX_SHELF_BOOKS = 32  # real shelves hold more; the set aims at roughly 3-25 books per photo
+MAX_PACKED_BOOKS = 90  # a packed bookcase: its rows full, edge to edge
 OUTLINE_GRID = 4  # visible outlines are traced on a grid this much finer than pixels
 
 
@@ -80,15 +81,17 @@ class Scene:
     is_book: list = field(default_factory=list)
     places: list = field(default_factory=list)  # each item's ShelfPlace or None
     spines: SpineCutouts | None = None  # real spines to paint books with; None: drawn ones only
+    packed_share: float = 0.0  # share of bookcases drawn close up with their rows packed full
 
 
-def new_scene(rng, height: int, width: int, plain: bool = False, spines: SpineCutouts | None = None) -> Scene:
+def new_scene(rng, height: int, width: int, plain: bool = False, spines: SpineCutouts | None = None,
+              packed_share: float = 0.0) -> Scene:
     angle = rng.uniform(0.15, 0.85) * np.pi
     offset = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(0.004, 0.025) * height
     return Scene(
         image=np.zeros((height, width, 3), np.float32), shadow_offset=offset,
         shadow_blur=rng.uniform(0.008, 0.025) * height, shadow_strength=rng.uniform(0.2, 0.5), plain=plain,
-        spines=spines,
+        spines=spines, packed_share=packed_share,
     )
 
 
@@ -197,11 +200,12 @@ def upright(x: float, floor: float, width: float, height: float) -> np.ndarray:
 
 
 def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: float, budget: int,
-                spines: SpineCutouts | None) -> list[Item]:
-    """A row of books standing on `floor`, between x_start and x_end, under `clearance` of headroom."""
+                spines: SpineCutouts | None, packed: bool = False) -> list[Item]:
+    """A row of books standing on `floor`, between x_start and x_end, under `clearance` of headroom;
+    ``packed``: thinner books, edge to edge from x_start, seldom a gap."""
     items = []
-    x = x_start + (rng.uniform(0, 0.4) * clearance if rng.random() < 0.5 else 0)
-    gappy = rng.random() < 0.3
+    x = x_start + (rng.uniform(0, 0.4) * clearance if rng.random() < 0.5 and not packed else 0)
+    gappy = rng.random() < 0.3 and not packed
     leaning_on = None  # (right edge, height) of the standing book a leaner can rest on
     mirrored = rng.random() < 0.5  # leaners lean left when built; mirroring makes them lean right
 
@@ -209,9 +213,9 @@ def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: floa
         return points if not mirrored else np.column_stack([x_start + x_end - points[:, 0], points[:, 1]])
 
     while len(items) < budget:
-        width = clearance * np.exp(rng.uniform(np.log(0.06), np.log(0.24)))
+        width = clearance * np.exp(rng.uniform(np.log(0.045 if packed else 0.06), np.log(0.16 if packed else 0.24)))
         height = clearance * rng.uniform(0.55, 0.96)
-        kind = rng.random()
+        kind = rng.uniform(0.08, 1.0) if packed else rng.random()  # a packed row has no room for stacks or covers
         if kind < 0.05:  # a few books lying flat, spines out
             stack, top, right = [], floor, x
             for _ in range(rng.integers(2, 6)):
@@ -251,7 +255,7 @@ def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: floa
         for level, item in enumerate(new_items):  # a stack is built bottom up
             item.place = ShelfPlace(floor, -slot if mirrored else slot, level)
         items.extend(new_items)
-        if rng.random() < (0.2 if gappy else 0.06):
+        if rng.random() < (0.2 if gappy else 0.015 if packed else 0.06):
             x = right + rng.uniform(0.1, 0.6) * clearance
             leaning_on = None
         else:
@@ -302,13 +306,15 @@ def lying_book(rng, cover: np.ndarray, thickness: float, spines: SpineCutouts | 
 
 def build_shelves(rng, scene: Scene, with_books: bool) -> None:
     height, width = scene.image.shape[:2]
+    # drawn only when asked for, so that scenes without packed shelves stay as they were
+    packed = scene.packed_share > 0 and with_books and rng.random() < scene.packed_share
     wood = pick(rng, WOODS) if rng.random() < 0.7 else pick(rng, PAINTED)
     if rng.random() < 0.5:
         back = wood_texture(rng, height, width, wood, vertical=True)
     else:
         back = wall_texture(rng, height, width, pick(rng, WALLS))
     scene.image[:] = back * rng.uniform(0.45, 0.8)
-    pitch = height * rng.uniform(0.35, 0.85)  # board to board
+    pitch = height * rng.uniform(0.6, 1.1) if packed else height * rng.uniform(0.35, 0.85)  # board to board
     board = pitch * rng.uniform(0.06, 0.12)
     sides = np.where(rng.random(2) < 0.3, rng.uniform(0.03, 0.25, 2) * width, 0.0)  # side panels in view
     left, right = sides[0], width - sides[1]
@@ -328,10 +334,10 @@ def build_shelves(rng, scene: Scene, with_books: bool) -> None:
             paint(scene.image, panel, wood_texture(rng, height, max(int(x1 - x0), 2), wood, vertical=True))
     if not with_books:
         return
-    budget = int(rng.integers(4, MAX_SHELF_BOOKS + 1))
+    budget = MAX_PACKED_BOOKS if packed else int(rng.integers(4, MAX_SHELF_BOOKS + 1))
     in_view = floors[(floors > 0.3 * pitch) & (floors < height + 0.4 * pitch)]  # rows whose books show
     for floor in rng.permutation(in_view):
-        books = shelf_books(rng, left, right, floor, pitch - board, budget - sum(scene.is_book), scene.spines)
+        books = shelf_books(rng, left, right, floor, pitch - board, budget - sum(scene.is_book), scene.spines, packed)
         for item in books:
             draw(scene, item)
         if books and rng.random() < 0.15:  # a vase or mug in front of the books

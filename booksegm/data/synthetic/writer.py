@@ -25,7 +25,7 @@ SETTINGS_FILE = "render.json"  # what the set was rendered with, so that a reuse
 
 def generate_dataset(
     out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
-    style: str = "photo", spines: SpineCutouts | None = None,
+    style: str = "photo", spines: SpineCutouts | None = None, packed_share: float = 0.0,
 ) -> Path:
     """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92), out_dir/via_region_data.json and
     the settings in out_dir/render.json (:func:`render_settings`); return the JSON path.
@@ -38,7 +38,8 @@ def generate_dataset(
     json_path = out_dir / ANNOTATION_FILE
     annotations = AnnotationSet(source=json_path, flavour="synthetic", records=[], class_names=("book",))
     for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
-        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style, spines=spines)
+        image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style, spines=spines,
+                                       packed_share=packed_share)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         name = f"synth_{index:05d}.jpg"
@@ -46,15 +47,15 @@ def generate_dataset(
         instances = [Instance((polygon,), 1) for polygon in polygons]
         annotations.records.append(ImageRecord(name, image_dir / name, instances))
     write_via(annotations, json_path, image_root=image_dir)  # bare file names: the image root is images/
-    settings = render_settings(num_images, seed, width, height, style, spines)
+    settings = render_settings(num_images, seed, width, height, style, packed_share, spines)
     (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return json_path
 
 
-def render_settings(num_images: int, seed: int, width: int, height: int, style: str,
+def render_settings(num_images: int, seed: int, width: int, height: int, style: str, packed_share: float,
                     spines: SpineCutouts | str | None, spine_share: float | None = None) -> dict:
     """What a rendered set depends on; ``spines``: the cut-outs, or the annotations they come from."""
     if spines is not None and not isinstance(spines, str):
         spines, spine_share = spines.source, spines.share
     return {"num_images": num_images, "seed": seed, "width": width, "height": height, "style": style,
-            "spines": spines, "spine_share": spine_share if spines is not None else None}
+            "packed_share": packed_share, "spines": spines, "spine_share": spine_share if spines is not None else None}

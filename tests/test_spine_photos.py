@@ -127,6 +127,14 @@ def test_the_data_module_renders_with_real_spines_once_and_refuses_a_folder_rend
     cfg.synthetic_root, cfg.root = str(plain), str(plain)
     with pytest.raises(ConfigError, match="spines None there"):
         BookDataModule(cfg).prepare_data()
+    # and a record without a setting was written before that setting existed: its default
+    (plain / SETTINGS_FILE).write_text(json.dumps({"num_images": 1, "seed": 0, "width": 64, "height": 48,
+                                                   "style": "photo", "spines": None, "spine_share": None}))
+    cfg.synthetic = SyntheticConfig(num_images=1, width=64, height=48)
+    BookDataModule(cfg).prepare_data()
+    cfg.synthetic.packed_share = 0.5
+    with pytest.raises(ConfigError, match=r"\(packed_share 0.0 there, 0.5 asked\)"):
+        BookDataModule(cfg).prepare_data()
     cfg.synthetic.packed_share = 1.5
     with pytest.raises(ConfigError, match=r"data.synthetic.packed_share must lie in \[0, 1\], got 1.5"):
         BookDataModule(cfg)

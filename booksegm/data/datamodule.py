@@ -142,11 +142,11 @@ class BookDataModule(pl.LightningDataModule):
         wanted = render_settings(s.num_images, s.seed, s.width, s.height, s.style, s.packed_share, s.spine_photos,
                                  s.spine_share)
         if (root / ANNOTATION_FILE).exists():
-            # a folder rendered before settings were recorded had no packed shelves and drawn spines only;
-            # the rest is trusted
+            # a setting a folder does not record was not there when it was rendered: no packed shelves,
+            # drawn spines only; what older folders do not record at all is trusted
             recorded = root / SETTINGS_FILE
             legacy = {**wanted, "packed_share": 0.0, "spines": None, "spine_share": None}
-            found = json.loads(recorded.read_text()) if recorded.exists() else legacy
+            found = {**legacy, **(json.loads(recorded.read_text()) if recorded.exists() else {})}
             if found != wanted:
                 changed = ", ".join(f"{key} {found.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
                                     if found.get(key) != value)

@@ -67,8 +67,8 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def suggest(args: argparse.Namespace) -> int:
-    """Rank the photos by the model's uncertainty (booksegm.evaluation.uncertainty) and write the
-    top k, the model's books drawn on them, as a VIA 2 project, most unsure first."""
+    """Rank the photos by the model's uncertainty (booksegm.evaluation.uncertainty), pick k of them
+    (``--pick``), and write those, the model's books drawn on them, as a VIA 2 project, most unsure first."""
     import numpy as np
     from tqdm import tqdm
 

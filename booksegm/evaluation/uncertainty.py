@@ -164,7 +164,9 @@ def kmeans_plus_plus(points: np.ndarray, weights: np.ndarray, k: int, rng: np.ra
     for _ in range(k - 1):
         chances = weights * squared_distances(points, np.array(centres)).min(1)
         total = chances.sum()
-        centres.append(points[rng.choice(len(points), p=chances / total)] if total > 0 else points[rng.integers(len(points))])
+        # every photo on a centre already (duplicates): any photo will do
+        drawn = rng.choice(len(points), p=chances / total) if total > 0 else rng.integers(len(points))
+        centres.append(points[drawn])
     return np.array(centres)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from support import TINY, compose_config, select_values, train_env
 
 from booksegm.bench.__main__ import main, model_settings
+from booksegm.bench.latency import scaled_photos
 from booksegm.data.synthetic import render_scene
 from booksegm.training.module import build_optimizer
 
@@ -89,14 +90,15 @@ def test_latency_bench_times_the_model_per_photo_beside_the_peer_when_it_is_inst
             assert (model, task) == ("yolov8n-seg.yaml", "segment")
 
         def predict(self, image, imgsz, device, verbose):
-            seen.append((image.shape, int(image[0, 0, 0]), imgsz, device))
+            seen.append((image, imgsz, device))
 
     monkeypatch.setitem(sys.modules, "ultralytics", types.SimpleNamespace(YOLO=YOLO))
     assert main(["latency", str(photos), "--photos", "1", "--repeats", "2", "--size", "64"]) == 0
     assert re.search(r"^yolov8n-seg \(Ultralytics, untrained, imgsz 64\) +median", capsys.readouterr().out, re.M)
-    first = np.asarray(Image.open(photos / "shelf0.jpg").resize((64, 43)))
-    assert len(seen) == 3 and seen[0][0] == (43, 64, 3) and seen[0][2:] == (64, "cpu")  # a warm-up, then 2 runs
-    assert abs(seen[0][1] - int(first[0, 0, 2])) <= 8  # blue first: BGR, as Ultralytics reads arrays
+    (first,) = scaled_photos(photos, 1, 64)  # what booksegm's side ran on
+    assert first.shape == (43, 64, 3) and not np.array_equal(first, first[..., ::-1])
+    assert len(seen) == 3 and all(imgsz == 64 and device == "cpu" for _, imgsz, device in seen)  # warm-up + 2
+    assert all(np.array_equal(image, first[..., ::-1]) for image, _, _ in seen)  # the same photo, blue first (BGR)
 
 
 @pytest.mark.slow  # three tiny training runs and a suggest: 1 to 6 minutes on 2 shared cores

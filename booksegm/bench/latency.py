@@ -26,17 +26,15 @@ import numpy as np
 import torch
 
 from booksegm.data.images import load_rgb
-from booksegm.errors import UserError
-from booksegm.inference import load_model, predict_images, select_device, set_detection_limits
-from booksegm.photos import IMAGE_SUFFIXES
+from booksegm.inference import predict_images
+from booksegm.photos import DetectorSettings, find_inputs, load_detector
 
 PEER = "yolov8n-seg"  # the smallest Ultralytics segmentation model, the usual CPU baseline
-MAX_DETECTIONS = 100  # booksegm predict's max_detections default (conf/predict.yaml)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m booksegm.bench latency", description=__doc__.splitlines()[0])
-    parser.add_argument("photos", type=Path, help="a folder of photos (the first --photos, sorted by name)")
+    parser.add_argument("photos", type=Path, help="a folder of photos (the first --photos, sorted by path)")
     parser.add_argument("--ckpt", default=None, help="checkpoint, exported .pth or bundled name (default: books)")
     parser.add_argument("--size", type=int, default=640, help="longer side the photos are scaled to first, px")
     parser.add_argument("--photos", dest="count", type=int, default=20, help="photos timed")
@@ -49,14 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def scaled_photos(folder: Path, count: int, size: int) -> list[np.ndarray]:
-    """The first ``count`` photos of ``folder`` (RGB), scaled so that the longer side is ``size`` px."""
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    if not paths:
-        raise UserError(f"{folder}: no photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    """The first ``count`` photos under ``folder`` (RGB, as predict finds them), scaled so that the
+    longer side is ``size`` px."""
     photos = []
-    for path in paths:
+    for path in find_inputs(folder)[1][:count]:
         image = load_rgb(path)
         scale = size / max(image.shape[:2])
         shape = (max(round(image.shape[1] * scale), 1), max(round(image.shape[0] * scale), 1))
@@ -79,11 +73,8 @@ def seconds_each(run: Callable[[np.ndarray], object], photos: list[np.ndarray], 
 
 
 def booksegm_runner(ckpt: str | None) -> tuple[str, Callable[[np.ndarray], object]]:
-    loaded = load_model(ckpt, select_device("cpu"))
-    if loaded.resize is None:
-        raise UserError(f"{loaded.source}: the model file does not say how photos are resized")
-    set_detection_limits(loaded.model, loaded.display_threshold(None), MAX_DETECTIONS)
-    resize = loaded.resize
+    """predict's model as predict loads it (its score threshold and detection limits), on the CPU."""
+    loaded, resize = load_detector(DetectorSettings(ckpt_path=ckpt, device="cpu"))
     views = len(getattr(loaded.model, "views", [None]))
     name = f"booksegm {loaded.source.name} ({resize.mode} {resize.max_dim} px, {views} view{'s' * (views > 1)})"
     return name, lambda photo: predict_images(loaded, [photo], resize)

@@ -27,10 +27,9 @@ import torch
 from booksegm.bench.accuracy import run_recipe
 from booksegm.data.images import load_rgb
 from booksegm.errors import UserError
-from booksegm.inference import load_model, predict_images, read_run_config, select_device, set_detection_limits
+from booksegm.inference import predict_images, read_run_config
 from booksegm.model.checkpoint_file import read_torch_file
-
-PREDICT_MAX_DETECTIONS = 100  # booksegm predict's max_detections default (conf/predict.yaml)
+from booksegm.photos import DetectorSettings, load_detector
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,18 +110,15 @@ def training_photos(ckpt: Path, count: int) -> list[Path]:
 
 def predict_throughput(ckpt: Path, photos: list[Path], args: argparse.Namespace) -> list[dict]:
     """Photos/s of predict's per-batch work at each of ``args.batch_sizes``."""
-    loaded = load_model(ckpt, select_device(args.device))
-    if loaded.resize is None:
-        raise UserError(f"{ckpt}: the checkpoint does not say how its run resized images")
-    set_detection_limits(loaded.model, loaded.display_threshold(None), PREDICT_MAX_DETECTIONS)
+    loaded, resize = load_detector(DetectorSettings(ckpt_path=str(ckpt), device=args.device))
     images = [load_rgb(path) for path in photos]
     cuda = next(loaded.model.parameters()).device.type == "cuda"
-    predict_images(loaded, images[:1], loaded.resize)  # warm-up: allocator, lazy initialisation
+    predict_images(loaded, images[:1], resize)  # warm-up: allocator, lazy initialisation
     rows = []
     for batch_size in args.batch_sizes:
         detections, start = 0, time.perf_counter()
         for i in range(0, len(images), batch_size):
-            detections += sum(map(len, predict_images(loaded, images[i:i + batch_size], loaded.resize)))
+            detections += sum(map(len, predict_images(loaded, images[i:i + batch_size], resize)))
         if cuda:
             torch.cuda.synchronize()
         rows.append({"batch": batch_size, "photos": len(images), "seconds": time.perf_counter() - start,

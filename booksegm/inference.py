@@ -11,8 +11,8 @@
   photo size, and its detections come back at the photo's own size. Checkpoints trained with
   ``resize.mode=none`` would otherwise run a 6000x4000 photo at full size: past 11 GB.
 - :func:`predict_views`: a photo's detections with each test-time view's apart, for ``booksegm
-  data suggest``, which measures how much the views disagree; :func:`image_features`: what the
-  backbone sees in a photo, by which suggest tells kinds of photo apart.
+  data suggest``, which measures how much the views disagree, and what the backbone sees in the
+  photo, by which suggest tells kinds of photo apart.
 """
 
 from __future__ import annotations
@@ -328,6 +328,7 @@ class ViewedPhoto:
     detections: Detections  # those scoring at least ``shown_from``, on the photo
     merged: dict[str, torch.Tensor]  # every detection down to the model's score floor, in the model input's frame
     views: list[dict[str, torch.Tensor]]  # each view's, the input as given first, in the same frame
+    features: np.ndarray  # the backbone's feature maps of the input as given, pooled (pooled_features)
 
 
 @torch.no_grad()
@@ -340,21 +341,21 @@ def predict_views(loaded: LoadedModel, image: np.ndarray, resize: ResizeConfig, 
     tensor, placement = prepare_image(image, resize, max_side)
     merges = isinstance(model, TTAMaskRCNN)
     device = next(model.parameters()).device
-    per_view = view_detections(model, [tensor.to(device)], model.views if merges else MIRRORED_VIEWS)
+    pooled = []  # the backbone's output of each view, pooled as it runs: the first is the input as given
+    hook = model.backbone.register_forward_hook(lambda module, inputs, levels: pooled.append(pooled_features(levels)))
+    try:
+        per_view = view_detections(model, [tensor.to(device)], model.views if merges else MIRRORED_VIEWS)
+    finally:
+        hook.remove()
     views = [{key: value.cpu() for key, value in view.items()} for (view,) in per_view]
     merged = (merge_views(views, model.roi_heads.nms_thresh, model.score_thresh, model.detections_per_img)
               if merges else views[0])
     shown = {key: value[merged["scores"] >= shown_from] for key, value in merged.items()}
-    return ViewedPhoto(restore_detections(shown, placement), merged, views)
+    return ViewedPhoto(restore_detections(shown, placement), merged, views, pooled[0])
 
 
-@torch.no_grad()
-def image_features(loaded: LoadedModel, image: np.ndarray, resize: ResizeConfig,
-                   max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
-    """A photo (RGB uint8) as one vector: each of the backbone's feature maps averaged over the
-    photo and scaled to unit length (so that every level counts alike), joined, unit length."""
-    model = loaded.model
-    tensor, _ = prepare_image(image, resize, max_side)
-    batch, _ = model.transform([tensor.to(next(model.parameters()).device)])
-    levels = [F.normalize(level.mean((2, 3))[0], dim=0) for level in model.backbone(batch.tensors).values()]
-    return (torch.cat(levels) / len(levels) ** 0.5).cpu().numpy()
+def pooled_features(levels: dict[str, torch.Tensor]) -> np.ndarray:
+    """The first image of a backbone's output as one vector: each feature map averaged over the
+    image and scaled to unit length (so that every level counts alike), joined, unit length."""
+    vectors = [F.normalize(level[0].mean((1, 2)), dim=0) for level in levels.values()]
+    return (torch.cat(vectors) / len(vectors) ** 0.5).cpu().numpy()

@@ -29,7 +29,7 @@ from booksegm.evaluation.uncertainty import (
     rank,
     view_disagreement,
 )
-from booksegm.inference import LoadedModel, image_features, load_model, predict_views, prepare_image
+from booksegm.inference import LoadedModel, load_model, pooled_features, predict_views, prepare_image
 from booksegm.model.build import ModelConfig, build_maskrcnn
 from booksegm.model.tta import TTAMaskRCNN
 
@@ -171,13 +171,18 @@ def test_unsure_photos_draw_the_diverse_pick_to_them():
     assert max(drawn) >= 80 > max(evenly) and min(drawn) > min(evenly)
 
 
-def test_image_features_are_one_unit_vector_a_photo(models, unlabelled):
-    loaded = load_model(models["one"])
+@pytest.mark.parametrize("views", ["one", "mirrored"])
+def test_predict_views_gives_what_the_backbone_sees_in_the_photo_as_given_as_one_unit_vector(models, unlabelled,
+                                                                                               views):
+    loaded = load_model(models[views])
     photos = [np.asarray(Image.open(unlabelled / name)) for name in ("a.jpg", "b.png")]
-    a, again, b = (image_features(loaded, photo, RESIZE) for photo in (photos[0], photos[0], photos[1]))
-    levels = len(loaded.model.backbone(torch.zeros(1, 3, 96, 96)))
-    assert a.shape == (levels * loaded.model.backbone.out_channels,)
-    assert np.linalg.norm(a) == pytest.approx(1.0) and np.array_equal(a, again) and not np.allclose(a, b)
+    a, b = (predict_views(loaded, photo, RESIZE, shown_from=THRESHOLD).features for photo in photos)
+    with torch.no_grad():  # the backbone run on the photo as given, alone
+        batch, _ = loaded.model.transform([prepare_image(photos[0], RESIZE)[0]])
+        levels = loaded.model.backbone(batch.tensors)
+    assert a.shape == (len(levels) * loaded.model.backbone.out_channels,)
+    assert np.allclose(a, pooled_features(levels), atol=1e-6)  # not a mirrored or enlarged view's
+    assert np.linalg.norm(a) == pytest.approx(1.0) and not np.allclose(a, b)
 
 
 @pytest.mark.parametrize("views", ["one", "mirrored"])
@@ -250,8 +255,8 @@ def test_suggest_picks_diverse_photos_by_default_or_the_most_unsure_on_request(m
               re.findall(r"^ +\d +([\d.]+) +[\d.]+ +[\d.]+ +[\d.]+ +\d+  (\S+)$", capsys.readouterr().out, re.M)}
     names = sorted(totals)  # the photos in the order suggest reads them: a.jpg, b.png, sub/c.jpg
     loaded = load_model(models["one"])
-    features = np.stack([image_features(loaded, np.asarray(Image.open(unlabelled / n).convert("RGB")), RESIZE)
-                         for n in names])
+    features = np.stack([predict_views(loaded, np.asarray(Image.open(unlabelled / n).convert("RGB")), RESIZE,
+                                       shown_from=THRESHOLD).features for n in names])
     expected = {"uncertain": sorted(names, key=lambda n: -totals[n])[:2],
                 "diverse": [names[i] for i in diverse_pick(features, [totals[n] for n in names], 2)],
                 "typical": [names[i] for i in diverse_pick(features, [1.0] * 3, 2)]}

@@ -76,7 +76,7 @@ def suggest(args: argparse.Namespace) -> int:
     from booksegm.data.images import ImageReadError, load_rgb
     from booksegm.data.records import AnnotationSet
     from booksegm.evaluation.uncertainty import diverse_pick, photo_uncertainty, rank
-    from booksegm.inference import image_features, load_model, predict_views, select_device
+    from booksegm.inference import load_model, predict_views, select_device
     from booksegm.photos import DetectorSettings, closing_lines, via_record
 
     weights = suggest_weights(args)
@@ -100,8 +100,7 @@ def suggest(args: argparse.Namespace) -> int:
                                                args.aggregate))
         records.append(via_record(path, path.relative_to(args.unlabelled_dir), seen.detections,
                                   DetectorSettings.polygon_tolerance))
-        if args.pick != "uncertain":
-            features.append(image_features(loaded, image, loaded.resize))
+        features.append(seen.features)
     if not records:
         raise ConfigError(f"{args.unlabelled_dir}: none of its {len(photos)} photos could be read")
     totals = [u.total(weights) for u in uncertainties]

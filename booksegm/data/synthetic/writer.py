@@ -47,15 +47,14 @@ def generate_dataset(
         instances = [Instance((polygon,), 1) for polygon in polygons]
         annotations.records.append(ImageRecord(name, image_dir / name, instances))
     write_via(annotations, json_path, image_root=image_dir)  # bare file names: the image root is images/
-    settings = render_settings(num_images, seed, width, height, style, packed_share, spines)
+    settings = render_settings(num_images, seed, width, height, style, packed_share,
+                               spines.source if spines else None, spines.share if spines else None)
     (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return json_path
 
 
 def render_settings(num_images: int, seed: int, width: int, height: int, style: str, packed_share: float,
-                    spines: SpineCutouts | str | None, spine_share: float | None = None) -> dict:
-    """What a rendered set depends on; ``spines``: the cut-outs, or the annotations they come from."""
-    if spines is not None and not isinstance(spines, str):
-        spines, spine_share = spines.source, spines.share
+                    spines: str | None, spine_share: float | None) -> dict:
+    """What a rendered set depends on; ``spines``: the annotations the cut-out spines come from."""
     return {"num_images": num_images, "seed": seed, "width": width, "height": height, "style": style,
             "packed_share": packed_share, "spines": spines, "spine_share": spine_share if spines is not None else None}

@@ -17,6 +17,7 @@ from support import TINY, compose_config, select_values, train_env
 
 from booksegm.bench.__main__ import main, model_settings
 from booksegm.bench.latency import scaled_photos
+from booksegm.config import ConfigError
 from booksegm.data.synthetic import render_scene
 from booksegm.training.module import build_optimizer
 
@@ -121,6 +122,21 @@ def test_suggest_bench_fine_tunes_on_the_suggested_and_a_random_pick_and_prints_
     for arm in ("suggested", "random"):
         assert "data: 2 training, 2 validation images" in (out / "finetune" / f"{arm}_seed0" / "train.log").read_text()
     assert "data: 10 training, 2 validation images" in (out / "start" / "train.log").read_text()
+
+
+def test_suggest_bench_renders_its_pool_with_packed_shelves_and_refuses_a_pool_rendered_otherwise(tmp_path):
+    from booksegm.bench.suggest import parse_args, rendered
+
+    size = ["--width", "96", "--height", "64"]
+    packed = rendered(tmp_path / "pool", 3, 1, parse_args(["--packed-share", "1.0", *size]))
+    plain = rendered(tmp_path / "plain", 3, 1, parse_args(size))
+    assert json.loads((tmp_path / "pool" / "render.json").read_text())["packed_share"] == 1.0
+    assert [e["regions"] for e in packed.values()] != [e["regions"] for e in plain.values()]
+    assert all(Path(e["filename"]).is_absolute() and Path(e["filename"]).is_file() for e in packed.values())
+    with pytest.raises(ConfigError, match=r"pool was rendered with other settings \(packed_share 1.0 there, 0.0 asked\)"):
+        rendered(tmp_path / "pool", 3, 1, parse_args(size))
+    with pytest.raises(ConfigError, match=r"--packed-share must be in \[0, 1\], got 1.5"):
+        parse_args(["--packed-share", "1.5"])
 
 
 # booksegm's CPU default until 0.1 (commit 90882fe), the baseline `bench accuracy` measures against

@@ -5,7 +5,10 @@ On the synthetic generator, from one weak model:
 1. the start model: the default recipe (``booksegm train``, its 240 rendered photos, seed 0) cut
    to ``--start-epochs``, validated on the fixed validation set below;
 2. an unlabelled pool (``--pool`` photos rendered from seed ``--pool-seed``) and a validation set
-   (``--val`` photos, seed ``--val-seed``), both 256x192 by default, as the default set;
+   (``--val`` photos, seed ``--val-seed``), both 256x192 by default, as the default set; with
+   ``--packed-share`` that share of their bookcases is seen close up with packed rows
+   (``data.synthetic.packed_share``), which the start model never saw: photos of a user's own
+   shelves, some like what the model knows and some not;
 3. ``booksegm data suggest`` ranks the pool with the start model; its top ``--k`` photos are one
    pick, and for each seed ``--k`` photos drawn at random from the pool are another;
 4. the start model is fine-tuned on each pick (its labels, as the generator drew them) for the same
@@ -35,6 +38,7 @@ from booksegm.config import ConfigError
 from booksegm.data.formats.options import ReaderOptions
 from booksegm.data.formats.via import read_via
 from booksegm.data.synthetic import generate_dataset
+from booksegm.data.synthetic.writer import render_settings, rendered_otherwise
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--val-seed", type=int, default=2, help="render seed of the validation set")
     parser.add_argument("--width", type=int, default=256, help="pool and validation photo width, px (the default's)")
     parser.add_argument("--height", type=int, default=192, help="pool and validation photo height, px")
+    parser.add_argument("--packed-share", type=float, default=0.0,
+                        help="share of the pool's and validation's bookcases rendered close up with packed rows "
+                             "(the start model's set has none)")
     parser.add_argument("--suggest-args", default="",
                         help="more options for booksegm data suggest, in one string (e.g. '--aggregate sum')")
     parser.add_argument("--name", default="suggested",
@@ -61,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.k < 1 or args.pool < args.k or args.val < 1 or min(args.start_epochs, args.finetune_epochs) < 1:
         raise ConfigError("need 1 <= --k <= --pool, --val >= 1 and at least one epoch for each run")
+    if not 0.0 <= args.packed_share <= 1.0:
+        raise ConfigError(f"--packed-share must be in [0, 1], got {args.packed_share}")
     if not args.name.isidentifier() or args.name == "random":
         raise ConfigError(f"--name {args.name!r}: a word of letters, digits and _, not 'random'")
     return args
@@ -70,8 +79,13 @@ def rendered(folder: Path, count: int, seed: int, args: argparse.Namespace) -> d
     """A synthetic set in ``folder`` (rendered once), as its VIA entries with absolute image paths,
     so that a file naming them reads from anywhere."""
     json_path = folder / "via_region_data.json"
+    settings = render_settings(count, seed, args.width, args.height, "photo", args.packed_share, None, None)
     if not json_path.is_file():
-        generate_dataset(folder, count, seed=seed, width=args.width, height=args.height, progress=False)
+        generate_dataset(folder, count, seed=seed, width=args.width, height=args.height, progress=False,
+                         packed_share=args.packed_share)
+    changed = rendered_otherwise(folder, settings)
+    if changed:
+        raise ConfigError(f"{folder} was rendered with other settings ({changed}): give another --out, or delete it")
     entries = json.loads(json_path.read_text(encoding="utf-8"))
     for entry in entries.values():
         entry["filename"] = str((folder / "images" / entry["filename"]).resolve())
@@ -138,7 +152,8 @@ def main(argv=None) -> int:
     pool = rendered(out / "pool", args.pool, args.pool_seed, args)
     val_json = write_entries(rendered(out / "val", args.val, args.val_seed, args), out / "val_via.json")
     print(f"suggest bench: pool of {args.pool} photos (seed {args.pool_seed}, {book_count(pool)} books), "
-          f"validation {args.val} photos (seed {args.val_seed}), k={args.k}, seeds {args.seeds}", flush=True)
+          f"validation {args.val} photos (seed {args.val_seed}), {args.packed_share:.0%} of their bookcases packed, "
+          f"k={args.k}, seeds {args.seeds}", flush=True)
 
     epochs = args.start_epochs
     start_run = out / "start"

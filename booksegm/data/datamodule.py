@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from booksegm.data.resize import ResizeConfig
 from booksegm.data.sampler import ResumableLoader, SeededShuffleSampler
 from booksegm.data.synthetic import ANNOTATION_FILE, IMAGE_FOLDER, STYLES, generate_dataset
 from booksegm.data.synthetic.spine_photos import cut_spines
-from booksegm.data.synthetic.writer import SETTINGS_FILE, render_settings
+from booksegm.data.synthetic.writer import render_settings, rendered_otherwise
 from booksegm.data.transforms import AugmentConfig, build_augmentation
 
 log = logging.getLogger(__name__)
@@ -142,14 +141,8 @@ class BookDataModule(pl.LightningDataModule):
         wanted = render_settings(s.num_images, s.seed, s.width, s.height, s.style, s.packed_share, s.spine_photos,
                                  s.spine_share)
         if (root / ANNOTATION_FILE).exists():
-            # a setting a folder does not record was not there when it was rendered: no packed shelves,
-            # drawn spines only; what older folders do not record at all is trusted
-            recorded = root / SETTINGS_FILE
-            legacy = {**wanted, "packed_share": 0.0, "spines": None, "spine_share": None}
-            found = {**legacy, **(json.loads(recorded.read_text()) if recorded.exists() else {})}
-            if found != wanted:
-                changed = ", ".join(f"{key} {found.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
-                                    if found.get(key) != value)
+            changed = rendered_otherwise(root, wanted)
+            if changed:
                 raise ConfigError(f"data.synthetic_root={root} was rendered with other settings ({changed}): give "
                                   "another data.synthetic_root, or delete the folder to render it again")
             return

@@ -58,3 +58,15 @@ def render_settings(num_images: int, seed: int, width: int, height: int, style: 
     """What a rendered set depends on; ``spines``: the annotations the cut-out spines come from."""
     return {"num_images": num_images, "seed": seed, "width": width, "height": height, "style": style,
             "packed_share": packed_share, "spines": spines, "spine_share": spine_share if spines is not None else None}
+
+
+def rendered_otherwise(out_dir: str | Path, wanted: dict) -> str:
+    """How the set in ``out_dir`` was rendered otherwise than ``wanted`` (:func:`render_settings`), as
+    "key X there, Y asked, ..."; "" when alike."""
+    recorded = Path(out_dir) / SETTINGS_FILE
+    # a setting a folder does not record was not there when it was rendered: no packed shelves,
+    # drawn spines only; what older folders do not record at all is trusted
+    legacy = {**wanted, "packed_share": 0.0, "spines": None, "spine_share": None}
+    found = {**legacy, **(json.loads(recorded.read_text(encoding="utf-8")) if recorded.exists() else {})}
+    return ", ".join(f"{key} {found.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
+                     if found.get(key) != value)

@@ -112,3 +112,44 @@ def test_flips_are_drawn_independently_per_sample():
         y, x = np.argwhere(out[..., 0] == 255)[0]
         seen.add((bool(y), bool(x)))
     assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_stretch_scales_the_width_alone_and_the_masks_follow_the_image():
+    from booksegm.data.transforms import AugmentConfig, build_augmentation
+
+    augment = build_augmentation(AugmentConfig(hflip=0, vflip=0, rotate_p=0, photometric_p=0, stretch_p=1.0,
+                                               stretch_limit=0.3))
+    height, width = 100, 120
+    polygon = np.array([[45, 10], [75, 12], [70, 80], [50, 75]], dtype=np.float32)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[rasterize([polygon], height, width) > 0] = 255
+    widths = []
+    for seed in range(12):
+        out, (moved,) = augment_image_and_polygons(augment, image, [polygon], seed)
+        np.testing.assert_allclose(moved[:, 1], polygon[:, 1], atol=1e-3)  # heights kept
+        painted, mask = out[..., 0] > 127, rasterize([moved], height, width) > 0
+        assert (painted & mask).sum() / (painted | mask).sum() > 0.93
+        widths.append(np.ptp(moved[:, 0]) / np.ptp(polygon[:, 0]))
+    assert min(widths) >= 0.7 - 1e-3 and max(widths) <= 1.3 + 1e-3
+    assert min(widths) < 0.9 and max(widths) > 1.1  # both ways
+
+
+def test_stretch_off_leaves_the_other_transforms_draws_as_they_were():
+    from booksegm.data.transforms import AugmentConfig, build_augmentation
+
+    augment = build_augmentation(AugmentConfig(scale_p=0.5, scale_limit=0.25, photometric_p=0.5))
+    without = A.Compose(augment.transforms[:-1], keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    assert isinstance(augment.transforms[-1], A.Affine) and augment.transforms[-1].p == 0.0
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    for seed in range(8):
+        out, (moved,) = augment_image_and_polygons(augment, image, [RECT], seed)
+        expected, (expected_moved,) = augment_image_and_polygons(without, image, [RECT], seed)
+        assert np.array_equal(out, expected) and np.array_equal(moved, expected_moved)
+
+
+@pytest.mark.parametrize("name", ["stretch_p", "stretch_limit"])
+def test_bad_stretch_values_fail_early(name):
+    from booksegm.data.transforms import AugmentConfig
+
+    with pytest.raises(ConfigError, match=rf"data.augment.{name} "):
+        AugmentConfig(**{name: 1.5}).validate()

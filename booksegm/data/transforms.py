@@ -25,15 +25,18 @@ class AugmentConfig:
     scale_limit: float = 0.0  # zoom factor drawn from [1 - limit, 1 + limit]
     photometric_p: float = 0.3  # probability of brightness/contrast jitter
     copy_paste_p: float = 0.0  # probability of pasting a random half of another image's books onto it
+    stretch_p: float = 0.0  # probability of stretching the width against the height (another camera's or export's aspect)
+    stretch_limit: float = 0.0  # width scaled by a factor drawn from [1 - limit, 1 + limit], height kept
 
     def validate(self) -> None:
-        for name in ("hflip", "vflip", "rotate_p", "scale_p", "photometric_p", "copy_paste_p"):
+        for name in ("hflip", "vflip", "rotate_p", "scale_p", "photometric_p", "copy_paste_p", "stretch_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.rotate_limit <= 180.0:
             raise ConfigError(f"data.augment.rotate_limit must be in [0, 180] degrees, got {self.rotate_limit}")
-        if not 0.0 <= self.scale_limit < 1.0:
-            raise ConfigError(f"data.augment.scale_limit must be in [0, 1), got {self.scale_limit}")
+        for name in ("scale_limit", "stretch_limit"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"data.augment.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 def build_augmentation(cfg: AugmentConfig) -> A.Compose:
@@ -44,6 +47,9 @@ def build_augmentation(cfg: AugmentConfig) -> A.Compose:
             A.Rotate(limit=cfg.rotate_limit, border_mode=cv2.BORDER_CONSTANT, fill=0, p=cfg.rotate_p),
             A.Affine(scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit), border_mode=cv2.BORDER_CONSTANT, fill=0, p=cfg.scale_p),
             A.RandomBrightnessContrast(p=cfg.photometric_p),
+            # last, so that the draws of the transforms above stay what they were without it
+            A.Affine(scale={"x": (1 - cfg.stretch_limit, 1 + cfg.stretch_limit), "y": 1.0},
+                     border_mode=cv2.BORDER_CONSTANT, fill=0, p=cfg.stretch_p),
         ],
         # vertices leaving the frame must stay: the polygon is clipped when rasterised
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),

@@ -110,3 +110,21 @@ def test_weights_bundle_exports_a_checkpoint_into_the_package_with_its_card(bund
     assert model.card["figures"] == {"mask AP": "0.1"} and model.verify() == model.card["sha256"]
     assert json.loads(model.weights.with_suffix(".json").read_text())["booksegm"]["model"]["weights"] == "none"
     assert load_model("shelves").class_names == ["book"]
+
+
+def test_weights_bundle_input_size_fits_photos_into_that_square(bundled_folder, tmp_path_factory, capsys):
+    elsewhere = tmp_path_factory.mktemp("run")
+    (bundled_folder / "books.pth").rename(elsewhere / "run.pth")
+    (bundled_folder / "books.json").rename(elsewhere / "run.json")
+    card = ["--recipe", "tiny", "--data", "none", "--measured", "today"]
+    assert load_model(elsewhere / "run.pth").resize.max_dim != 96
+    assert weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "shelves", "--input-size", "96", *card]) == 0
+    spec = json.loads((bundled_folder / "shelves.json").read_text())
+    assert spec["booksegm"]["resize"] == {"mode": "square", "min_dim": 96, "max_dim": 96, "min_scale": 0.0}
+    assert (spec["maskrcnn"]["min_size"], spec["maskrcnn"]["max_size"]) == (96, 96)  # torchvision's recipe too
+    resize = load_model("shelves").resize
+    assert (resize.mode, resize.min_dim, resize.max_dim) == ("square", 96, 96)
+    with pytest.raises(SystemExit):
+        weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "other", "--input-size", "8", *card])
+    assert "--input-size must be at least 32 px, got 8" in capsys.readouterr().err
+    assert not (bundled_folder / "other.pth").exists()

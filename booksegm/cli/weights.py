@@ -2,16 +2,20 @@
 
     booksegm weights                                    # name, recipe, data, figures, sha256 (checked)
     booksegm weights bundle CKPT --name books --recipe ... --data ... --figure "mask AP=0.3" --measured ...
-        # exports CKPT as booksegm/bundled/NAME.pth + NAME.json with that card (docs/model_card.md)
+        # exports CKPT as booksegm/bundled/NAME.pth + NAME.json with that card (docs/model_card.md);
+        # --input-size N: photos fitted into N px squares instead of the run's validation size
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from booksegm.cli.export import write_state_dict
+from booksegm.config import ConfigError
+from booksegm.data.resize import ResizeConfig
 from booksegm.errors import cli_errors
 from booksegm.inference import SPEC_SECTION, load_model
 from booksegm.model.bundled import CARD_SECTION, DEFAULT_MODEL, bundled_models, bundled_path, sha256_of
@@ -32,10 +36,16 @@ def describe(models) -> str:
     return "\n".join(lines)
 
 
-def bundle(checkpoint: str, name: str, card: dict) -> str:
-    """Export ``checkpoint`` into the package as NAME.pth + NAME.json carrying ``card`` and the sha256."""
+def bundle(checkpoint: str, name: str, card: dict, input_size: int | None = None) -> str:
+    """Export ``checkpoint`` into the package as NAME.pth + NAME.json carrying ``card`` and the sha256;
+    with ``input_size``, the model fits photos into squares of that side instead of its run's validation size."""
+    loaded = load_model(checkpoint)
+    if input_size is not None:
+        if input_size < 32:
+            raise ConfigError(f"--input-size must be at least 32 px, got {input_size}")
+        loaded = dataclasses.replace(loaded, resize=ResizeConfig("square", input_size, input_size))
     weights = bundled_path(name)
-    write_state_dict(load_model(checkpoint), weights)
+    write_state_dict(loaded, weights)
     spec_file = weights.with_suffix(".json")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
     spec[SPEC_SECTION]["model"]["weights"] = "none"  # the run's initial weights: a path on the machine that trained it
@@ -62,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     packer.add_argument("--data", required=True, help="what it was trained on, with licences")
     packer.add_argument("--measured", required=True, help="when and on what machine the figures were measured")
     packer.add_argument("--figure", type=figure, action="append", default=[], help="NAME=VALUE, repeatable")
+    packer.add_argument("--input-size", type=int, default=None,
+                        help="fit photos into squares of this side, px (default: as the run validated)")
     args = parser.parse_args(argv)
     if args.command == "bundle":
         card = {"recipe": args.recipe, "data": args.data, "measured": args.measured, "figures": dict(args.figure)}
-        print(f"bundled {args.name}: sha256 {bundle(args.checkpoint, args.name, card)}")
+        print(f"bundled {args.name}: sha256 {bundle(args.checkpoint, args.name, card, args.input_size)}")
     else:
         print(describe(bundled_models()))
     return 0

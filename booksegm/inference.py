@@ -341,8 +341,13 @@ def predict_views(loaded: LoadedModel, image: np.ndarray, resize: ResizeConfig, 
     tensor, placement = prepare_image(image, resize, max_side)
     merges = isinstance(model, TTAMaskRCNN)
     device = next(model.parameters()).device
-    pooled = []  # the backbone's output of each view, pooled as it runs: the first is the input as given
-    hook = model.backbone.register_forward_hook(lambda module, inputs, levels: pooled.append(pooled_features(levels)))
+    pooled = []  # the backbone's output for the first view, the input as given, pooled as it runs
+
+    def pool_first(module, inputs, levels):
+        if not pooled:
+            pooled.append(pooled_features(levels))
+
+    hook = model.backbone.register_forward_hook(pool_first)
     try:
         per_view = view_detections(model, [tensor.to(device)], model.views if merges else MIRRORED_VIEWS)
     finally:

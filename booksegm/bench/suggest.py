@@ -79,13 +79,14 @@ def rendered(folder: Path, count: int, seed: int, args: argparse.Namespace) -> d
     """A synthetic set in ``folder`` (rendered once), as its VIA entries with absolute image paths,
     so that a file naming them reads from anywhere."""
     json_path = folder / "via_region_data.json"
-    settings = render_settings(count, seed, args.width, args.height, "photo", args.packed_share, None, None)
-    if not json_path.is_file():
+    if json_path.is_file():
+        changed = rendered_otherwise(folder, render_settings(count, seed, args.width, args.height, "photo",
+                                                              args.packed_share, None, None))
+        if changed:
+            raise ConfigError(f"{folder} was rendered with other settings ({changed}): give another --out, or delete it")
+    else:
         generate_dataset(folder, count, seed=seed, width=args.width, height=args.height, progress=False,
                          packed_share=args.packed_share)
-    changed = rendered_otherwise(folder, settings)
-    if changed:
-        raise ConfigError(f"{folder} was rendered with other settings ({changed}): give another --out, or delete it")
     entries = json.loads(json_path.read_text(encoding="utf-8"))
     for entry in entries.values():
         entry["filename"] = str((folder / "images" / entry["filename"]).resolve())

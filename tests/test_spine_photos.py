@@ -135,9 +135,15 @@ def test_the_data_module_renders_with_real_spines_once_and_refuses_a_folder_rend
     cfg.synthetic.packed_share = 0.5
     with pytest.raises(ConfigError, match=r"\(packed_share 0.0 there, 0.5 asked\)"):
         BookDataModule(cfg).prepare_data()
+    cfg.synthetic.packed_share, cfg.synthetic.flat_share = 0.0, 0.2
+    with pytest.raises(ConfigError, match=r"\(flat_share 0.0 there, 0.2 asked\)"):
+        BookDataModule(cfg).prepare_data()
     cfg.synthetic.packed_share = 1.5
     with pytest.raises(ConfigError, match=r"data.synthetic.packed_share must lie in \[0, 1\], got 1.5"):
         BookDataModule(cfg)
-    cfg.synthetic.packed_share, cfg.synthetic.spine_share = 0.0, 0.0
+    cfg.synthetic.packed_share, cfg.synthetic.flat_share = 0.0, -0.1
+    with pytest.raises(ConfigError, match=r"data.synthetic.flat_share must lie in \[0, 1\], got -0.1"):
+        BookDataModule(cfg)
+    cfg.synthetic.flat_share, cfg.synthetic.spine_share = 0.0, 0.0
     with pytest.raises(ConfigError, match=r"data.synthetic.spine_share must lie in \(0, 1\], got 0.0"):
         BookDataModule(cfg)

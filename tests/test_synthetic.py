@@ -87,6 +87,24 @@ def test_packed_bookcases_fill_their_rows_with_more_and_thinner_books():
         assert np.array_equal(plain[0], packed[0])
 
 
+def lying_flat(polygon) -> bool:
+    return np.ptp(polygon[:, 0]) > 1.5 * np.ptp(polygon[:, 1])
+
+
+def test_flat_share_puts_stacks_lying_flat_into_every_row_packed_ones_too():
+    flat = {}
+    for share in (0.0, 0.15):
+        scenes = [render_scene(np.random.default_rng([6, i]), 384, 288, "shelf", packed_share=1.0, flat_share=share)[1]
+                  for i in range(12)]
+        flat[share] = sum(lying_flat(book) for books in scenes for book in books)
+    assert flat[0.0] <= 2 and flat[0.15] >= 15, flat  # a packed row holds no stack of its own
+    # without the setting, the draws and so the scenes are those rendered before it existed
+    for kind in ("shelf", "table"):
+        before = render_scene(np.random.default_rng([6, 1]), 96, 64, kind, packed_share=0.5)
+        after = render_scene(np.random.default_rng([6, 1]), 96, 64, kind, packed_share=0.5, flat_share=0.0)
+        assert np.array_equal(before[0], after[0])
+
+
 def test_empty_scenes_have_no_books():
     for index in range(3):
         image, polygons = render_scene(np.random.default_rng([2, index]), WIDTH, HEIGHT, "empty")

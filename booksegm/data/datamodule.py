@@ -44,6 +44,7 @@ class SyntheticConfig:
     spine_photos: str | None = None  # labelled real photos (VIA, COCO, YOLO) whose books paint rendered spines
     spine_share: float = 0.8  # share of rendered spines painted with a real one when spine_photos is set
     packed_share: float = 0.0  # share of bookcases seen close up, rows packed full of thin spines (real shelves)
+    flat_share: float = 0.0  # share of places in every row, packed ones too, holding a stack of books lying flat
 
 
 @dataclass
@@ -81,8 +82,9 @@ class DataConfig:
             raise ConfigError(f"data.format={self.format!r} is unknown; choose one of {list(FORMATS)}")
         if self.synthetic.style not in STYLES:
             raise ConfigError(f"data.synthetic.style={self.synthetic.style!r} is unknown; choose one of {list(STYLES)}")
-        if not 0.0 <= self.synthetic.packed_share <= 1.0:
-            raise ConfigError(f"data.synthetic.packed_share must lie in [0, 1], got {self.synthetic.packed_share}")
+        for name in ("packed_share", "flat_share"):
+            if not 0.0 <= getattr(self.synthetic, name) <= 1.0:
+                raise ConfigError(f"data.synthetic.{name} must lie in [0, 1], got {getattr(self.synthetic, name)}")
         if not 0.0 < self.synthetic.spine_share <= 1.0:
             raise ConfigError(f"data.synthetic.spine_share must lie in (0, 1], got {self.synthetic.spine_share}")
         if self.on_unknown_class not in UNKNOWN_CLASS_POLICIES:
@@ -139,7 +141,7 @@ class BookDataModule(pl.LightningDataModule):
             return
         s = self.cfg.synthetic
         wanted = render_settings(s.num_images, s.seed, s.width, s.height, s.style, s.packed_share, s.spine_photos,
-                                 s.spine_share)
+                                 s.spine_share, s.flat_share)
         if (root / ANNOTATION_FILE).exists():
             changed = rendered_otherwise(root, wanted)
             if changed:
@@ -152,7 +154,7 @@ class BookDataModule(pl.LightningDataModule):
             spines = cut_spines(load_annotations(s.spine_photos, "auto", options), s.spine_share, s.spine_photos)
         log.info("rendering %d synthetic images into %s (once; later runs reuse them)", s.num_images, root)
         generate_dataset(root, s.num_images, seed=s.seed, width=s.width, height=s.height, style=s.style, spines=spines,
-                         packed_share=s.packed_share)
+                         packed_share=s.packed_share, flat_share=s.flat_share)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_records or self.val_records:

@@ -58,22 +58,23 @@ def photograph(rng, canvas: np.ndarray, width: int, height: int, plain: bool = F
 
 def render_scene(
     rng: np.random.Generator, width: int, height: int, kind: str | None = None, style: str = "photo",
-    spines: SpineCutouts | None = None, packed_share: float = 0.0,
+    spines: SpineCutouts | None = None, packed_share: float = 0.0, flat_share: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """RGB uint8 HxWx3 image and one (N,2) float32 polygon (x, y pixel coords) per visible book.
 
     `kind` forces one of SCENE_KINDS; by default it is drawn with SCENE_WEIGHTS. `spines`: real
     spines that many of the books are painted with (booksegm.data.synthetic.spine_photos);
-    `packed_share`: the share of bookcases seen close up with their rows packed full of thin spines.
+    `packed_share`: the share of bookcases seen close up with their rows packed full of thin spines;
+    `flat_share`: the share of places in every row given to a stack of books lying flat.
     Coordinates are rounded to 0.1 px, as the VIA file stores them.
     """
-    photo, books = render_books(rng, width, height, kind, style, spines, packed_share)
+    photo, books = render_books(rng, width, height, kind, style, spines, packed_share, flat_share)
     return photo, [polygon for polygon, _ in books]
 
 
 def render_books(
     rng: np.random.Generator, width: int, height: int, kind: str | None = None, style: str = "photo",
-    spines: SpineCutouts | None = None, packed_share: float = 0.0,
+    spines: SpineCutouts | None = None, packed_share: float = 0.0, flat_share: float = 0.0,
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, ShelfPlace | None]]]:
     """render_scene's photo, and its books as (polygon, where the book was put in its row)."""
     if kind is None:
@@ -84,7 +85,7 @@ def render_books(
     if style not in STYLES:
         raise ConfigError(f"style {style!r} is not one of {STYLES}")
     scene = new_scene(rng, height + 2 * margin, width + 2 * margin, plain=style == "plain", spines=spines,
-                      packed_share=packed_share)
+                      packed_share=packed_share, flat_share=flat_share)
     if kind == "shelf" or (kind == "empty" and rng.random() < 0.5):
         build_shelves(rng, scene, with_books=kind != "empty")
     else:

@@ -82,16 +82,17 @@ class Scene:
     places: list = field(default_factory=list)  # each item's ShelfPlace or None
     spines: SpineCutouts | None = None  # real spines to paint books with; None: drawn ones only
     packed_share: float = 0.0  # share of bookcases drawn close up with their rows packed full
+    flat_share: float = 0.0  # share of places in every row (packed too) given to a stack lying flat
 
 
 def new_scene(rng, height: int, width: int, plain: bool = False, spines: SpineCutouts | None = None,
-              packed_share: float = 0.0) -> Scene:
+              packed_share: float = 0.0, flat_share: float = 0.0) -> Scene:
     angle = rng.uniform(0.15, 0.85) * np.pi
     offset = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(0.004, 0.025) * height
     return Scene(
         image=np.zeros((height, width, 3), np.float32), shadow_offset=offset,
         shadow_blur=rng.uniform(0.008, 0.025) * height, shadow_strength=rng.uniform(0.2, 0.5), plain=plain,
-        spines=spines, packed_share=packed_share,
+        spines=spines, packed_share=packed_share, flat_share=flat_share,
     )
 
 
@@ -200,9 +201,10 @@ def upright(x: float, floor: float, width: float, height: float) -> np.ndarray:
 
 
 def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: float, budget: int,
-                spines: SpineCutouts | None, packed: bool = False) -> list[Item]:
+                spines: SpineCutouts | None, packed: bool = False, flat_share: float = 0.0) -> list[Item]:
     """A row of books standing on `floor`, between x_start and x_end, under `clearance` of headroom;
-    ``packed``: thinner books, edge to edge from x_start, seldom a gap."""
+    ``packed``: thinner books, edge to edge from x_start, seldom a gap; ``flat_share``: the share of
+    places that hold a stack lying flat, packed rows included, beside a loose row's own few."""
     items = []
     x = x_start + (rng.uniform(0, 0.4) * clearance if rng.random() < 0.5 and not packed else 0)
     gappy = rng.random() < 0.3 and not packed
@@ -215,8 +217,10 @@ def shelf_books(rng, x_start: float, x_end: float, floor: float, clearance: floa
     while len(items) < budget:
         width = clearance * np.exp(rng.uniform(np.log(0.045 if packed else 0.06), np.log(0.16 if packed else 0.24)))
         height = clearance * rng.uniform(0.55, 0.96)
+        # drawn only when asked for, so that scenes without extra stacks stay as they were
+        stacked = flat_share > 0 and rng.random() < flat_share
         kind = rng.uniform(0.08, 1.0) if packed else rng.random()  # a packed row has no room for stacks or covers
-        if kind < 0.05:  # a few books lying flat, spines out
+        if stacked or kind < 0.05:  # books lying flat, spines out
             stack, top, right = [], floor, x
             for _ in range(rng.integers(2, 6)):
                 thick = min(width * rng.uniform(0.5, 1.0), top - (floor - 0.9 * clearance))
@@ -337,7 +341,8 @@ def build_shelves(rng, scene: Scene, with_books: bool) -> None:
     budget = MAX_PACKED_BOOKS if packed else int(rng.integers(4, MAX_SHELF_BOOKS + 1))
     in_view = floors[(floors > 0.3 * pitch) & (floors < height + 0.4 * pitch)]  # rows whose books show
     for floor in rng.permutation(in_view):
-        books = shelf_books(rng, left, right, floor, pitch - board, budget - sum(scene.is_book), scene.spines, packed)
+        books = shelf_books(rng, left, right, floor, pitch - board, budget - sum(scene.is_book), scene.spines, packed,
+                            scene.flat_share)
         for item in books:
             draw(scene, item)
         if books and rng.random() < 0.15:  # a vase or mug in front of the books

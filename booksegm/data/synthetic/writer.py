@@ -25,7 +25,7 @@ SETTINGS_FILE = "render.json"  # what the set was rendered with, so that a reuse
 
 def generate_dataset(
     out_dir: str | Path, num_images: int, seed: int = 0, width: int = 320, height: int = 240, progress: bool = True,
-    style: str = "photo", spines: SpineCutouts | None = None, packed_share: float = 0.0,
+    style: str = "photo", spines: SpineCutouts | None = None, packed_share: float = 0.0, flat_share: float = 0.0,
 ) -> Path:
     """Write out_dir/images/synth_00000.jpg ... (JPEG quality 92), out_dir/via_region_data.json and
     the settings in out_dir/render.json (:func:`render_settings`); return the JSON path.
@@ -39,7 +39,7 @@ def generate_dataset(
     annotations = AnnotationSet(source=json_path, flavour="synthetic", records=[], class_names=("book",))
     for index in tqdm(range(num_images), desc="synthetic books", unit="img", disable=not progress):
         image, polygons = render_scene(np.random.default_rng([seed, index]), width, height, style=style, spines=spines,
-                                       packed_share=packed_share)
+                                       packed_share=packed_share, flat_share=flat_share)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         name = f"synth_{index:05d}.jpg"
@@ -48,25 +48,26 @@ def generate_dataset(
         annotations.records.append(ImageRecord(name, image_dir / name, instances))
     write_via(annotations, json_path, image_root=image_dir)  # bare file names: the image root is images/
     settings = render_settings(num_images, seed, width, height, style, packed_share,
-                               spines.source if spines else None, spines.share if spines else None)
+                               spines.source if spines else None, spines.share if spines else None, flat_share)
     (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return json_path
 
 
 def render_settings(num_images: int, seed: int, width: int, height: int, style: str, packed_share: float,
-                    spines: str | None, spine_share: float | None) -> dict:
+                    spines: str | None, spine_share: float | None, flat_share: float = 0.0) -> dict:
     """What a rendered set depends on; ``spines``: the annotations the cut-out spines come from."""
     return {"num_images": num_images, "seed": seed, "width": width, "height": height, "style": style,
-            "packed_share": packed_share, "spines": spines, "spine_share": spine_share if spines is not None else None}
+            "packed_share": packed_share, "spines": spines, "spine_share": spine_share if spines is not None else None,
+            "flat_share": flat_share}
 
 
 def rendered_otherwise(out_dir: str | Path, wanted: dict) -> str:
     """How the set in ``out_dir`` was rendered otherwise than ``wanted`` (:func:`render_settings`), as
     "key X there, Y asked, ..."; "" when alike."""
     recorded = Path(out_dir) / SETTINGS_FILE
-    # a setting a folder does not record was not there when it was rendered: no packed shelves,
-    # drawn spines only; what older folders do not record at all is trusted
-    legacy = {**wanted, "packed_share": 0.0, "spines": None, "spine_share": None}
+    # a setting a folder does not record was not there when it was rendered: no packed shelves or
+    # extra stacks, drawn spines only; what older folders do not record at all is trusted
+    legacy = {**wanted, "packed_share": 0.0, "spines": None, "spine_share": None, "flat_share": 0.0}
     found = {**legacy, **(json.loads(recorded.read_text(encoding="utf-8")) if recorded.exists() else {})}
     return ", ".join(f"{key} {found.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
                      if found.get(key) != value)

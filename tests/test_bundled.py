@@ -128,3 +128,20 @@ def test_weights_bundle_input_size_fits_photos_into_that_square(bundled_folder, 
         weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "other", "--input-size", "8", *card])
     assert "--input-size must be at least 32 px, got 8" in capsys.readouterr().err
     assert not (bundled_folder / "other.pth").exists()
+
+
+def test_weights_bundle_mask_threshold_is_where_the_bundled_model_cuts_its_masks(bundled_folder, tmp_path_factory,
+                                                                                  capsys):
+    elsewhere = tmp_path_factory.mktemp("run")
+    (bundled_folder / "books.pth").rename(elsewhere / "run.pth")
+    (bundled_folder / "books.json").rename(elsewhere / "run.json")
+    card = ["--recipe", "tiny", "--data", "none", "--measured", "today"]
+    assert load_model(elsewhere / "run.pth").model.transform.mask_threshold == 0.5
+    assert weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "shelves", "--mask-threshold", "0.3", *card]) == 0
+    assert json.loads((bundled_folder / "shelves.json").read_text())["booksegm"]["model"]["mask_threshold"] == 0.3
+    loaded = load_model("shelves")
+    assert loaded.model_cfg.mask_threshold == loaded.model.transform.mask_threshold == 0.3
+    with pytest.raises(SystemExit):
+        weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "other", "--mask-threshold", "1.5", *card])
+    assert "--mask-threshold: model.mask_threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
+    assert not (bundled_folder / "other.pth").exists()

@@ -114,8 +114,9 @@ def test_export_matches_the_eager_model_with_and_without_detections(format, expo
 
 
 @pytest.mark.parametrize("format", ["torchscript", "onnx"])
-def test_maskness_scoring_travels_with_the_exported_model(format, images, tmp_path):
-    checkpoint = write_checkpoint(tmp_path / "run", {**TINY_MODEL, "maskness_scoring": True, "maskness_power": 2.0})
+def test_maskness_scoring_and_the_mask_threshold_travel_with_the_exported_model(format, images, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "run", {**TINY_MODEL, "maskness_scoring": True, "maskness_power": 2.0,
+                                                     "mask_threshold": 0.45})
     output = tmp_path / f"books.{format}"
     with contextlib.redirect_stdout(io.StringIO()):
         assert export(ExportConfig(ckpt_path=str(checkpoint), format=format, output=str(output),

@@ -50,7 +50,7 @@ def test_composed_model_overrides_reach_the_built_model():
     assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 0
 
 
-@pytest.mark.parametrize("change", [{}, {"maskness_scoring": True}, {"roi_sampling_ratio": 1},
+@pytest.mark.parametrize("change", [{}, {"maskness_scoring": True}, {"mask_threshold": 0.3}, {"roi_sampling_ratio": 1},
                                     {"fpn_channels": 128}, {"tta_hflip": True}])
 def test_only_torchvisions_own_recipe_counts_as_its_v1_layout(change):
     """export's torchvision-only recipe rebuilds the model with maskrcnn_resnet50_fpn: any other knob value breaks it."""

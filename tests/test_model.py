@@ -17,7 +17,7 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn
 
 from booksegm.config import ConfigError
 from booksegm.inference import load_model, set_detection_limits
-from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, rescore_by_maskness
+from booksegm.model.build import AnchorConfig, ModelConfig, build_maskrcnn, recentre, rescore_by_maskness
 from booksegm.model.checkpoint_file import DEFAULT_SCORE_THRESHOLD, CheckpointError
 from booksegm.model.losses import LOSS_NAMES, validate_loss_weights, weighted_loss
 from booksegm.model.weights import WeightsUnavailableError, load_initial_weights, read_state_dict
@@ -112,6 +112,33 @@ def test_maskness_scoring_rescores_the_model_outputs_under_its_detection_thresho
     assert after["masks"].shape[-2:] == image.shape[-2:]  # still pasted into the image
     # class score x maskness: the untrained model's masks hover at 0.5, so its scores about halve
     assert unfiltered["scores"].max() < 0.6 * before["scores"].max()
+
+
+def test_recentring_puts_the_mask_threshold_at_one_half_and_keeps_the_order():
+    probabilities = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
+    for threshold in (0.2, 0.5, 0.7):
+        recentred = recentre(probabilities, threshold)
+        assert (recentred[1:] > recentred[:-1]).all()
+        assert torch.equal(recentred > 0.5, probabilities > threshold + 1e-9)
+        assert recentre(torch.tensor([threshold], dtype=torch.float64), threshold).item() == pytest.approx(0.5)
+
+
+def test_mask_threshold_cuts_the_models_masks_there_and_leaves_the_boxes():
+    torch.manual_seed(0)
+    image = toy_batch()[0][0]
+    outputs = {}
+    for threshold in (0.3, 0.5, 0.7):
+        model = build_maskrcnn(tiny_config(box_score_thresh=0.0, mask_threshold=threshold), num_classes=2).eval()
+        if outputs:
+            model.load_state_dict(first.state_dict())
+        else:  # mask logits spread wide: new heads start with all of them near 0
+            first = model
+            torch.nn.init.normal_(model.roi_heads.mask_predictor.mask_fcn_logits.weight, std=0.5)
+        with torch.no_grad():
+            outputs[threshold] = model([image])[0]
+    areas = {t: int((out["masks"] > 0.5).sum()) for t, out in outputs.items()}
+    assert areas[0.3] > areas[0.5] > areas[0.7] > 0, areas
+    assert all(torch.equal(out["boxes"], outputs[0.5]["boxes"]) for out in outputs.values())
 
 
 def test_new_heads_start_at_chance_level_losses():
@@ -267,6 +294,7 @@ def test_the_cpu_profile_knobs_shape_a_narrow_groupnorm_model_that_trains():
     ({"fpn_channels": 0}, "model.fpn_channels must be >= 1"),
     ({"roi_sampling_ratio": -1}, "model.roi_sampling_ratio must be >= 0 (0 = adaptive), got -1"),
     ({"maskness_power": 0.0}, "model.maskness_power must be > 0, got 0.0"),
+    ({"mask_threshold": 1.0}, "model.mask_threshold must lie in (0, 1), got 1.0"),
     ({"backbone": "mobilenet_v3_small"}, "model.backbone='mobilenet_v3_small' is unknown"),
 ])
 def test_impossible_profile_knobs_are_named(overrides, message):

@@ -4,6 +4,7 @@
     booksegm weights bundle CKPT --name books --recipe ... --data ... --figure "mask AP=0.3" --measured ...
         # exports CKPT as booksegm/bundled/NAME.pth + NAME.json with that card (docs/model_card.md);
         # --input-size N: photos fitted into N px squares instead of the run's validation size
+        # --mask-threshold T: masks cut at probability T instead of the run's model.mask_threshold
 """
 
 from __future__ import annotations
@@ -36,14 +37,23 @@ def describe(models) -> str:
     return "\n".join(lines)
 
 
-def bundle(checkpoint: str, name: str, card: dict, input_size: int | None = None) -> str:
+def bundle(checkpoint: str, name: str, card: dict, input_size: int | None = None,
+           mask_threshold: float | None = None) -> str:
     """Export ``checkpoint`` into the package as NAME.pth + NAME.json carrying ``card`` and the sha256;
-    with ``input_size``, the model fits photos into squares of that side instead of its run's validation size."""
+    with ``input_size``, the model fits photos into squares of that side instead of its run's validation size;
+    with ``mask_threshold``, it cuts masks there (``model.mask_threshold``): how it runs, not what it learnt."""
     loaded = load_model(checkpoint)
     if input_size is not None:
         if input_size < 32:
             raise ConfigError(f"--input-size must be at least 32 px, got {input_size}")
         loaded = dataclasses.replace(loaded, resize=ResizeConfig("square", input_size, input_size))
+    if mask_threshold is not None:
+        model_cfg = dataclasses.replace(loaded.model_cfg, mask_threshold=mask_threshold)
+        try:
+            model_cfg.validate()
+        except ConfigError as error:
+            raise ConfigError(f"--mask-threshold: {error}") from None
+        loaded = dataclasses.replace(loaded, model_cfg=model_cfg)
     weights = bundled_path(name)
     write_state_dict(loaded, weights)
     spec_file = weights.with_suffix(".json")
@@ -74,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     packer.add_argument("--figure", type=figure, action="append", default=[], help="NAME=VALUE, repeatable")
     packer.add_argument("--input-size", type=int, default=None,
                         help="fit photos into squares of this side, px (default: as the run validated)")
+    packer.add_argument("--mask-threshold", type=float, default=None,
+                        help="cut masks at this probability (default: the run's model.mask_threshold)")
     args = parser.parse_args(argv)
     if args.command == "bundle":
         card = {"recipe": args.recipe, "data": args.data, "measured": args.measured, "figures": dict(args.figure)}
-        print(f"bundled {args.name}: sha256 {bundle(args.checkpoint, args.name, card, args.input_size)}")
+        digest = bundle(args.checkpoint, args.name, card, args.input_size, args.mask_threshold)
+        print(f"bundled {args.name}: sha256 {digest}")
     else:
         print(describe(bundled_models()))
     return 0

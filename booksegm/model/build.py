@@ -100,6 +100,7 @@ class ModelConfig:
     box_nms_thresh: float = 0.5  # DETECTION_NMS_THRESHOLD
     maskness_scoring: bool = False  # score = class score x maskness (SOLOv2): well-segmented books rank first
     maskness_power: float = 1.0  # score = class score x maskness ** this (with maskness_scoring): > 1 weighs the mask more
+    mask_threshold: float = 0.5  # a mask pixel is the book's above this probability (mmdetection's mask_thr_binary)
     pool_size: int = 7  # POOL_SIZE: RoIAlign output of the box head
     mask_pool_size: int = 14  # MASK_POOL_SIZE; masks come out at twice this (MASK_SHAPE 28)
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (torchvision 2; 0 = adaptive, as detectron2)
@@ -138,6 +139,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if not self.maskness_power > 0:
             raise ConfigError(f"model.maskness_power must be > 0, got {self.maskness_power}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ConfigError(f"model.mask_threshold must lie in (0, 1), got {self.mask_threshold}")
         scales = self.tta_scales
         if not scales or any(not 0.25 <= s <= 4.0 for s in scales) or len(set(scales)) < len(scales):
             raise ConfigError(f"model.tta_scales needs distinct scales in [0.25, 4] ([1.0]: none), got {scales}")
@@ -158,14 +161,19 @@ class PreResizedTransform(GeneralizedRCNNTransform):
     "maskness"): a box across two spines scores high as a book but gets a doubtful mask.
     ``score_thresh`` then applies to that final score (``set_detection_limits`` keeps it equal to
     the RoI heads' class-score floor, which it can only tighten: maskness is at most 1).
+
+    A ``mask_threshold`` other than 0.5 re-centres the mask probabilities first, so that 0.5 falls
+    where it was: every later step (maskness, pasting, overlays, evaluation, exported graphs) keeps
+    cutting masks at 0.5 and so cuts them at ``mask_threshold``.
     """
 
     def __init__(self, image_mean: list[float], image_std: list[float], maskness_scoring: bool,
-                 maskness_power: float, score_thresh: float):
+                 maskness_power: float, score_thresh: float, mask_threshold: float = 0.5):
         super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std)
         self.maskness_scoring = maskness_scoring
         self.maskness_power = maskness_power
         self.score_thresh = score_thresh
+        self.mask_threshold = mask_threshold
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
         return image, target
@@ -179,11 +187,20 @@ class PreResizedTransform(GeneralizedRCNNTransform):
         for i, image_size in enumerate(original_image_sizes):  # never resized: boxes are in image pixels already
             detections = result[i]
             if "masks" in detections:
+                if self.mask_threshold != 0.5:
+                    detections["masks"] = recentre(detections["masks"], self.mask_threshold)
                 if self.maskness_scoring:
                     detections = rescore_by_maskness(detections, self.score_thresh, self.maskness_power)
                 detections["masks"] = paste_masks_in_image(detections["masks"], detections["boxes"], image_size)
             result[i] = detections
         return result
+
+
+def recentre(probabilities: Tensor, threshold: float) -> Tensor:
+    """``sigmoid(logit(p) - logit(threshold))``: the same order, ``threshold`` now at 0.5 (in plain
+    arithmetic, which every export format traces)."""
+    kept = probabilities * (1.0 - threshold)
+    return kept / (kept + (1.0 - probabilities) * threshold)
 
 
 def rescore_by_maskness(detections: dict[str, Tensor], score_thresh: float, power: float = 1.0) -> dict[str, Tensor]:
@@ -297,7 +314,8 @@ def build_maskrcnn(cfg: ModelConfig, num_classes: int, test_time_augmentation: b
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], cfg.mask_head_channels, num_classes),
     )
     model.transform = PreResizedTransform(
-        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.maskness_power, cfg.box_score_thresh
+        list(cfg.image_mean), list(cfg.image_std), cfg.maskness_scoring, cfg.maskness_power, cfg.box_score_thresh,
+        cfg.mask_threshold,
     )
     init_predictors(model)
     if isinstance(model, TTAMaskRCNN):
@@ -325,7 +343,7 @@ def is_torchvision_v1_layout(cfg: ModelConfig) -> bool:
     """Whether ``maskrcnn_resnet50_fpn``'s constructor (any v1 backbone) rebuilds this model as it is."""
     return (cfg.backbone in BACKBONES and cfg.backbone not in V2_LAYOUTS and cfg.norm == "batch"
             and cfg.pool_size == 7 and cfg.mask_pool_size == 14 and cfg.roi_sampling_ratio == 2
-            and not cfg.maskness_scoring and not cfg.augments_at_test_time()
+            and not cfg.maskness_scoring and cfg.mask_threshold == 0.5 and not cfg.augments_at_test_time()
             and (cfg.fpn_channels, cfg.box_head_dim, cfg.mask_head_convs, cfg.mask_head_channels) == (256, 1024, 4, 256))
 
 

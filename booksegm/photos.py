@@ -27,10 +27,12 @@ from booksegm.inference import (
     DEFAULT_MAX_SIDE,
     Detections,
     LoadedModel,
+    check_mask_threshold,
     load_model,
     predict_images,
     select_device,
     set_detection_limits,
+    with_mask_threshold,
 )
 from booksegm.shelves import ShelvedBook, arrange, upright_crop
 from booksegm.viz.overlays import draw_numbered
@@ -47,6 +49,7 @@ class DetectorSettings:
 
     ckpt_path: str | None = None  # null: the bundled books model
     score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE; null: the checkpoint's calibrated one, else 0.7
+    mask_threshold: float | None = None  # a mask pixel is the book's above this probability; null: the model's own
     max_detections: int = 100  # DETECTION_MAX_INSTANCES
     batch_size: int = 1  # IMAGES_PER_GPU
     device: str = "auto"
@@ -57,6 +60,7 @@ class DetectorSettings:
     def validate(self) -> None:
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
+        check_mask_threshold(self.mask_threshold)
         if self.max_detections < 1 or self.batch_size < 1 or self.max_side < 1 or self.polygon_tolerance < 0:
             raise ConfigError("max_detections, batch_size and max_side must be >= 1, polygon_tolerance >= 0")
         if self.resize is not None:
@@ -138,7 +142,7 @@ def closing_lines(skipped: list[str], ignored: list[str], out: Path) -> list[str
 
 def load_detector(settings: DetectorSettings) -> tuple[LoadedModel, ResizeConfig]:
     """The model, with its detection limits set, and how photos are resized for it."""
-    loaded = load_model(settings.ckpt_path, select_device(settings.device))
+    loaded = with_mask_threshold(load_model(settings.ckpt_path, select_device(settings.device)), settings.mask_threshold)
     resize = settings.resize or loaded.resize
     if resize is None:
         raise ConfigError(

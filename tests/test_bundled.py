@@ -15,12 +15,14 @@ import torch
 from support import tiny_config
 
 from booksegm.cli.weights import describe
+from booksegm.config import ConfigError
 from booksegm.cli.weights import main as weights_main
 from booksegm.data.synthetic import render_scene
 from booksegm.inference import load_model, predict_images
 from booksegm.model import bundled
 from booksegm.model.build import build_maskrcnn
 from booksegm.model.weights import load_initial_weights, weights_file
+from booksegm.photos import DetectorSettings, load_detector
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +60,14 @@ def test_a_command_without_ckpt_path_uses_the_bundled_model_and_says_so(bundled_
     assert "no ckpt_path given: using the bundled 'books' model" in caplog.text
     assert load_model("books").source == loaded.source  # by name, without the line
     assert bundled.model_file("elsewhere/books") == Path("elsewhere/books")  # a path is a path
+
+
+def test_a_photo_command_cuts_masks_at_its_mask_threshold(bundled_folder):
+    assert load_detector(DetectorSettings())[0].model.transform.mask_threshold == 0.5  # the model's own
+    loaded, _ = load_detector(DetectorSettings(mask_threshold=0.3))
+    assert loaded.model.transform.mask_threshold == loaded.model_cfg.mask_threshold == 0.3
+    with pytest.raises(ConfigError, match=r"^mask_threshold must lie in \(0, 1\), got 1.0$"):
+        DetectorSettings(mask_threshold=1.0).validate()
 
 
 def test_booksegm_weights_lists_each_model_with_its_card_and_sha256(bundled_folder):
@@ -143,5 +153,5 @@ def test_weights_bundle_mask_threshold_is_where_the_bundled_model_cuts_its_masks
     assert loaded.model_cfg.mask_threshold == loaded.model.transform.mask_threshold == 0.3
     with pytest.raises(SystemExit):
         weights_main(["bundle", str(elsewhere / "run.pth"), "--name", "other", "--mask-threshold", "1.5", *card])
-    assert "--mask-threshold: model.mask_threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
+    assert "--mask-threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
     assert not (bundled_folder / "other.pth").exists()

@@ -10,8 +10,11 @@ import pytest
 import torch
 from support import TINY, compose_config, run_command
 
+from booksegm.cli import evaluate as evaluate_cli
 from booksegm.cli.evaluate import evaluate
+from booksegm.cli.evaluate import run_evaluation as real_run_evaluation
 from booksegm.cli.export import ExportConfig, export
+from booksegm.config import ConfigError
 from booksegm.evaluation.report import EvaluationReport
 from booksegm.evaluation.voc import mean_voc_ap
 
@@ -134,3 +137,20 @@ def test_an_exported_state_dict_evaluates_the_same(tiny_run, tmp_path, monkeypat
         results[name] = evaluate(compose_config(*overrides, config_name="evaluate"), overrides)
     assert results["state_dict"]["metrics"] == results["ckpt"]["metrics"]
     assert results["state_dict"]["images"] == 2
+
+
+def test_evaluate_mask_threshold_reaches_the_model_and_its_metrics(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOKSEGM_CACHE", str(tiny_run.root / "cache"))
+    cuts = []
+    monkeypatch.setattr(evaluate_cli, "run_evaluation", lambda loaded, *args: cuts.append(
+        loaded.model.transform.mask_threshold) or real_run_evaluation(loaded, *args))
+    results = {}
+    for threshold in ("null", "0.05", "0.95"):
+        overrides = [f"ckpt_path={tiny_run.checkpoint}", f"paths.output_dir={tmp_path / threshold}",
+                     f"mask_threshold={threshold}"]
+        (tmp_path / threshold).mkdir()
+        results[threshold] = evaluate(compose_config(*overrides, config_name="evaluate"), overrides)
+    assert [results[t]["mask_threshold"] for t in ("null", "0.05", "0.95")] == cuts == [0.5, 0.05, 0.95]
+    overrides = [f"ckpt_path={tiny_run.checkpoint}", "mask_threshold=1.0"]
+    with pytest.raises(ConfigError, match=r"^mask_threshold must lie in \(0, 1\), got 1.0$"):
+        evaluate(compose_config(*overrides, config_name="evaluate"), overrides)

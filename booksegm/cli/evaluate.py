@@ -26,7 +26,16 @@ from booksegm.data.datamodule import BookDataModule, DataConfig
 from booksegm.errors import cli_errors
 from booksegm.evaluation.coco_eval import STAT_NAMES
 from booksegm.evaluation.report import EvaluationReport
-from booksegm.inference import DEFAULT_MAX_SIDE, LoadedModel, load_model, predict_inputs, read_settings, select_device
+from booksegm.inference import (
+    DEFAULT_MAX_SIDE,
+    LoadedModel,
+    check_mask_threshold,
+    load_model,
+    predict_inputs,
+    read_settings,
+    select_device,
+    with_mask_threshold,
+)
 from booksegm.viz.curves import plot_pr_curves
 
 SPLITS = ("val", "test")
@@ -38,6 +47,7 @@ class EvaluateConfig:
     split: str = "val"  # val | test
     test_annotations: str | None = None  # split=test: annotations under data.root
     score_threshold: float | None = None  # DETECTION_MIN_CONFIDENCE of the per-image figures; null: the checkpoint's calibrated one, else 0.7
+    mask_threshold: float | None = None  # a mask pixel is the book's above this probability; null: the model's own
     device: str = "auto"
     max_side: int = DEFAULT_MAX_SIDE  # px: the longest model input; a longer image runs scaled down
 
@@ -48,6 +58,7 @@ class EvaluateConfig:
             raise ConfigError("split=test needs test_annotations=FILE (under data.root)")
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score_threshold must lie in [0, 1], got {self.score_threshold}")
+        check_mask_threshold(self.mask_threshold)
         if self.max_side < 1:
             raise ConfigError(f"max_side must be >= 1, got {self.max_side}")
 
@@ -91,7 +102,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict:
     """Evaluate; writes metrics.json, pr_curves.png and per_image.csv to ``cfg.paths.output_dir``."""
     settings = read_settings(EvaluateConfig, cfg)
     settings.validate()
-    loaded = load_model(settings.ckpt_path, select_device(settings.device))
+    loaded = with_mask_threshold(load_model(settings.ckpt_path, select_device(settings.device)), settings.mask_threshold)
     settings.score_threshold = loaded.display_threshold(settings.score_threshold)
     datamodule = BookDataModule(data_config(cfg, loaded, overrides))
     datamodule.prepare_data()
@@ -108,7 +119,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict:
     metrics = report.metrics()
     summary = {
         "checkpoint": str(loaded.source), "split": settings.split, "images": len(report.images),
-        "score_threshold": settings.score_threshold,
+        "score_threshold": settings.score_threshold, "mask_threshold": loaded.model_cfg.mask_threshold,
         "metrics": {k: v if math.isfinite(v) else None for k, v in metrics.items()},  # NaN: nothing to measure
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))

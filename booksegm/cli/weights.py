@@ -18,7 +18,7 @@ from booksegm.cli.export import write_state_dict
 from booksegm.config import ConfigError
 from booksegm.data.resize import ResizeConfig
 from booksegm.errors import cli_errors
-from booksegm.inference import SPEC_SECTION, load_model
+from booksegm.inference import SPEC_SECTION, check_mask_threshold, load_model, with_mask_threshold
 from booksegm.model.bundled import CARD_SECTION, DEFAULT_MODEL, bundled_models, bundled_path, sha256_of
 
 
@@ -47,13 +47,8 @@ def bundle(checkpoint: str, name: str, card: dict, input_size: int | None = None
         if input_size < 32:
             raise ConfigError(f"--input-size must be at least 32 px, got {input_size}")
         loaded = dataclasses.replace(loaded, resize=ResizeConfig("square", input_size, input_size))
-    if mask_threshold is not None:
-        model_cfg = dataclasses.replace(loaded.model_cfg, mask_threshold=mask_threshold)
-        try:
-            model_cfg.validate()
-        except ConfigError as error:
-            raise ConfigError(f"--mask-threshold: {error}") from None
-        loaded = dataclasses.replace(loaded, model_cfg=model_cfg)
+    check_mask_threshold(mask_threshold, "--mask-threshold")
+    loaded = with_mask_threshold(loaded, mask_threshold)
     weights = bundled_path(name)
     write_state_dict(loaded, weights)
     spec_file = weights.with_suffix(".json")

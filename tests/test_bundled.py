@@ -107,7 +107,7 @@ def test_the_shipped_books_model_matches_its_card_and_finds_books():
         overlaps = (kept & truth).sum((2, 3)) / np.maximum((kept | truth).sum((2, 3)), 1)
         matched += int((overlaps.max(0) >= 0.5).sum()) if len(kept) else 0
         books += len(polygons)
-    assert matched >= 0.4 * books, f"{matched} of {books} rendered books found"  # 33 of 46 on 2026-12-03
+    assert matched >= 0.4 * books, f"{matched} of {books} rendered books found"  # 34 of 46 on 2026-12-03
 
 
 def test_weights_bundle_exports_a_checkpoint_into_the_package_with_its_card(bundled_folder, tmp_path_factory):

@@ -199,11 +199,6 @@ def set_detection_limits(model: MaskRCNN, score_threshold: float | None, max_det
         model.roi_heads.detections_per_img = int(max_detections)
 
 
-def check_mask_threshold(threshold: float | None, name: str = "mask_threshold") -> None:
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ConfigError(f"{name} must lie in (0, 1), got {threshold}")
-
-
 def with_mask_threshold(loaded: LoadedModel, threshold: float | None) -> LoadedModel:
     """``loaded`` cutting its masks at ``threshold`` from now on (its ``model.mask_threshold``, also in
     the files exported from it); None: where it was trained or bundled to cut them."""

@@ -27,13 +27,13 @@ from booksegm.inference import (
     DEFAULT_MAX_SIDE,
     Detections,
     LoadedModel,
-    check_mask_threshold,
     load_model,
     predict_images,
     select_device,
     set_detection_limits,
     with_mask_threshold,
 )
+from booksegm.model.build import check_mask_threshold
 from booksegm.shelves import ShelvedBook, arrange, upright_crop
 from booksegm.viz.overlays import draw_numbered
 

@@ -29,13 +29,13 @@ from booksegm.evaluation.report import EvaluationReport
 from booksegm.inference import (
     DEFAULT_MAX_SIDE,
     LoadedModel,
-    check_mask_threshold,
     load_model,
     predict_inputs,
     read_settings,
     select_device,
     with_mask_threshold,
 )
+from booksegm.model.build import check_mask_threshold
 from booksegm.viz.curves import plot_pr_curves
 
 SPLITS = ("val", "test")

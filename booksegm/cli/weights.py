@@ -18,7 +18,8 @@ from booksegm.cli.export import write_state_dict
 from booksegm.config import ConfigError
 from booksegm.data.resize import ResizeConfig
 from booksegm.errors import cli_errors
-from booksegm.inference import SPEC_SECTION, check_mask_threshold, load_model, with_mask_threshold
+from booksegm.inference import SPEC_SECTION, load_model, with_mask_threshold
+from booksegm.model.build import check_mask_threshold
 from booksegm.model.bundled import CARD_SECTION, DEFAULT_MODEL, bundled_models, bundled_path, sha256_of
 
 

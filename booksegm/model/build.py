@@ -139,8 +139,7 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if not self.maskness_power > 0:
             raise ConfigError(f"model.maskness_power must be > 0, got {self.maskness_power}")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise ConfigError(f"model.mask_threshold must lie in (0, 1), got {self.mask_threshold}")
+        check_mask_threshold(self.mask_threshold, "model.mask_threshold")
         scales = self.tta_scales
         if not scales or any(not 0.25 <= s <= 4.0 for s in scales) or len(set(scales)) < len(scales):
             raise ConfigError(f"model.tta_scales needs distinct scales in [0.25, 4] ([1.0]: none), got {scales}")
@@ -150,6 +149,12 @@ class ModelConfig:
     def augments_at_test_time(self) -> bool:
         """Whether ``tta_scales``/``tta_hflip`` ask for more views than the image as given."""
         return tta_views(self.tta_scales, self.tta_hflip) != AS_GIVEN
+
+
+def check_mask_threshold(threshold: float | None, name: str = "mask_threshold") -> None:
+    """A mask threshold is a probability strictly between 0 and 1 (None: a command's "the model's own")."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"{name} must lie in (0, 1), got {threshold}")
 
 
 class PreResizedTransform(GeneralizedRCNNTransform):

@@ -108,11 +108,13 @@ def unknown_keys(schema: type, node: dict, where: str) -> list[str]:
 
 def target_problems(node: dict, where: str, base: bool) -> list[str]:
     """A `_target_` entry's keys must be arguments of the target; in a base YAML, booksegm's own
-    targets (the dataclass rule's equivalent) must list every argument at its default."""
-    params = inspect.signature(get_class(node["_target_"])).parameters
+    targets (the dataclass rule's equivalent) must list every argument at its default. A booksegm
+    subclass that keeps its parent's arguments (a Lightning callback's) is held to the first rule only."""
+    target = get_class(node["_target_"])
+    params = inspect.signature(target).parameters
     args = {k: v for k, v in node.items() if not k.startswith("_")}
     problems = [f"{where}.{key}: not an argument of {node['_target_']}" for key in args if key not in params]
-    if base and node["_target_"].startswith("booksegm."):
+    if base and target.__init__.__module__.startswith("booksegm."):
         defaults = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
         problems += disagreements(args, defaults, where)
     return problems
